@@ -1,0 +1,361 @@
+"""Client commands: typed, validated, and parsed from decoded messages.
+
+``parse_command`` turns one decoded message (whatever a codec produced) into a
+command dataclass. A message that is not a command at all (not a map, no usable
+``id`` or ``op``) raises ``FrameError``; a command with bad arguments comes back as
+``Rejected`` so the server can answer it and keep the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from .errors import CommandError, ErrorCode, FrameError, bad_request
+from .rooms import is_room_name, parse_room
+
+MAX_ID = 2**63 - 1
+MAX_SEQ = 2**63 - 1
+MAX_CLIENT_ID = 64
+MAX_TOKEN = 16 * 1024
+MAX_EPOCH = 64
+MAX_CONNECT_ROOMS = 100
+MAX_READ_IDS = 1000
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """One room of ``connect``'s ``rooms``, or the arguments of ``join``."""
+
+    room: str
+    since: int | None = None
+    epoch: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    id: int | None
+    token: str | None
+    rooms: tuple[RoomRequest, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    id: int | None
+    request: RoomRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    id: int | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    id: int | None
+    room: str
+    body_json: str
+    """The body as JSON text, ready to store; its size is what limits apply to."""
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    id: int | None
+    room: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    id: int | None
+    room: str
+    before: int | None = None
+    after: int | None = None
+    limit: int = DEFAULT_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    id: int | None
+    room: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    id: int | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsQuery:
+    id: int | None
+    after: int | None = None
+    limit: int = DEFAULT_LIMIT
+    unread: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsRead:
+    id: int | None
+    ids: tuple[int, ...] | None = None
+    up_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    id: int | None
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A command that failed validation: answer ``code`` and ``message`` if it has an id."""
+
+    id: int | None
+    op: str
+    code: ErrorCode
+    message: str
+
+
+Command = (
+    Connect
+    | Join
+    | Leave
+    | Send
+    | Typing
+    | History
+    | Read
+    | PresenceQuery
+    | NotificationsQuery
+    | NotificationsRead
+    | Refresh
+    | Ping
+)
+
+
+def parse_command(message: object) -> Command | Rejected:
+    """Validate one decoded client message."""
+    if not isinstance(message, dict):
+        raise FrameError(f"a message must be a map (JSON object), got {type(message).__name__}")
+    command_id = _command_id(message.get("id"))
+    op = message.get("op")
+    if not isinstance(op, str):
+        if command_id is None:
+            raise FrameError("a message needs 'op' (a string) or an 'id'")
+        return Rejected(command_id, "", ErrorCode.BAD_REQUEST, "'op' must be a string")
+    parser = _PARSERS.get(op)
+    if parser is None:
+        known = ", ".join(sorted(_PARSERS))
+        return Rejected(command_id, op, ErrorCode.BAD_REQUEST, f"unknown op {op!r}; known: {known}")
+    try:
+        return parser(_Args(op, message), command_id)
+    except CommandError as error:
+        return Rejected(command_id, op, error.code, error.message)
+
+
+def _command_id(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 < value <= MAX_ID:
+        raise FrameError(f"'id' must be a positive integer, got {value!r:.40}")
+    return value
+
+
+class _Args:
+    """Reads typed arguments from a command map, raising clear ``bad_request`` errors."""
+
+    __slots__ = ("_data", "_op")
+
+    def __init__(self, op: str, data: dict[object, object]) -> None:
+        self._op = op
+        self._data = data
+
+    def error(self, message: str) -> CommandError:
+        return bad_request(f"{self._op}: {message}")
+
+    def has(self, key: str) -> bool:
+        return self._data.get(key) is not None
+
+    def room(self, key: str = "room") -> str:
+        value = self._data.get(key)
+        if value is None:
+            raise self.error(f"'{key}' is required")
+        if isinstance(value, str) and is_room_name(value):
+            return value
+        try:
+            parse_room(value)  # raises the error that says what a room name looks like
+        except CommandError as error:
+            raise self.error(error.message) from None
+        raise AssertionError("parse_room accepted what is_room_name refused")
+
+    def integer(self, key: str, *, minimum: int = 0, maximum: int = MAX_SEQ) -> int | None:
+        value = self._data.get(key)
+        if value is None:
+            return None
+        if type(value) is not int or not minimum <= value <= maximum:
+            raise self.error(f"'{key}' must be an integer >= {minimum}, got {value!r:.40}")
+        return value
+
+    def required_integer(self, key: str, *, minimum: int = 0) -> int:
+        value = self.integer(key, minimum=minimum)
+        if value is None:
+            raise self.error(f"'{key}' is required")
+        return value
+
+    def limit(self) -> int:
+        value = self.integer("limit", minimum=1, maximum=MAX_ID)
+        return DEFAULT_LIMIT if value is None else min(value, MAX_LIMIT)
+
+    def string(self, key: str, *, max_length: int) -> str | None:
+        value = self._data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 0 < len(value) <= max_length:
+            raise self.error(
+                f"'{key}' must be a non-empty string of at most {max_length} characters"
+            )
+        return value
+
+    def required_string(self, key: str, *, max_length: int) -> str:
+        value = self.string(key, max_length=max_length)
+        if value is None:
+            raise self.error(f"'{key}' is required")
+        return value
+
+    def boolean(self, key: str, *, default: bool | None = None) -> bool:
+        value = self._data.get(key)
+        if value is None and default is not None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(f"'{key}' must be true or false")
+        return value
+
+    def raw(self, key: str) -> object:
+        return self._data.get(key)
+
+    def present(self, key: str) -> bool:
+        return key in self._data
+
+    def room_request(self) -> RoomRequest:
+        since = self.integer("since")
+        epoch = self.string("epoch", max_length=MAX_EPOCH)
+        return RoomRequest(
+            room=self.room(),
+            since=since,
+            epoch=epoch,
+            token=self.string("token", max_length=MAX_TOKEN),
+        )
+
+
+def _connect(args: _Args, command_id: int | None) -> Connect:
+    rooms_value = args.raw("rooms")
+    rooms: list[RoomRequest] = []
+    if rooms_value is not None:
+        if not isinstance(rooms_value, list) or len(rooms_value) > MAX_CONNECT_ROOMS:
+            raise args.error(f"'rooms' must be a list of at most {MAX_CONNECT_ROOMS} entries")
+        for entry in rooms_value:
+            fields = {"room": entry} if isinstance(entry, str) else entry
+            if not isinstance(fields, dict):
+                raise args.error("each entry of 'rooms' must be {room, since, epoch}")
+            rooms.append(_Args("connect", fields).room_request())
+    return Connect(command_id, args.string("token", max_length=MAX_TOKEN), tuple(rooms))
+
+
+def _join(args: _Args, command_id: int | None) -> Join:
+    return Join(command_id, args.room_request())
+
+
+def _leave(args: _Args, command_id: int | None) -> Leave:
+    return Leave(command_id, args.room())
+
+
+def _send(args: _Args, command_id: int | None) -> Send:
+    room = args.room()
+    if not args.present("body"):
+        raise args.error("'body' is required (any JSON value)")
+    try:
+        body_json = orjson.dumps(args.raw("body")).decode()
+    except orjson.JSONEncodeError as error:
+        raise args.error(f"'body' must be a JSON value ({error})") from None
+    return Send(command_id, room, body_json, args.string("client_id", max_length=MAX_CLIENT_ID))
+
+
+def _typing(args: _Args, command_id: int | None) -> Typing:
+    return Typing(command_id, args.room(), args.boolean("active"))
+
+
+def _history(args: _Args, command_id: int | None) -> History:
+    before = args.integer("before", minimum=1)
+    after = args.integer("after")
+    if before is not None and after is not None:
+        raise args.error("give 'before' or 'after', not both")
+    return History(command_id, args.room(), before, after, args.limit())
+
+
+def _read(args: _Args, command_id: int | None) -> Read:
+    return Read(command_id, args.room(), args.required_integer("seq"))
+
+
+def _presence(args: _Args, command_id: int | None) -> PresenceQuery:
+    return PresenceQuery(command_id, args.room())
+
+
+def _notifications(args: _Args, command_id: int | None) -> NotificationsQuery:
+    return NotificationsQuery(
+        command_id, args.integer("after"), args.limit(), args.boolean("unread", default=False)
+    )
+
+
+def _notifications_read(args: _Args, command_id: int | None) -> NotificationsRead:
+    ids_value = args.raw("ids")
+    up_to = args.integer("up_to")
+    if (ids_value is None) == (up_to is None):
+        raise args.error("give 'ids' (a list of notification ids) or 'up_to' (an id)")
+    if ids_value is None:
+        return NotificationsRead(command_id, up_to=up_to)
+    if (
+        not isinstance(ids_value, list)
+        or len(ids_value) > MAX_READ_IDS
+        or not all(type(i) is int and 0 < i <= MAX_ID for i in ids_value)
+    ):
+        raise args.error(f"'ids' must be a list of at most {MAX_READ_IDS} positive integers")
+    return NotificationsRead(command_id, ids=tuple(ids_value))
+
+
+def _refresh(args: _Args, command_id: int | None) -> Refresh:
+    return Refresh(command_id, args.required_string("token", max_length=MAX_TOKEN))
+
+
+def _ping(args: _Args, command_id: int | None) -> Ping:
+    return Ping(command_id)
+
+
+_PARSERS: dict[str, Callable[[_Args, int | None], Command]] = {
+    "connect": _connect,
+    "join": _join,
+    "leave": _leave,
+    "send": _send,
+    "typing": _typing,
+    "history": _history,
+    "read": _read,
+    "presence": _presence,
+    "notifications": _notifications,
+    "notifications.read": _notifications_read,
+    "refresh": _refresh,
+    "ping": _ping,
+}
+
+OPS = frozenset(_PARSERS)

@@ -1,0 +1,156 @@
+"""Command validation: every op, and the errors a client developer sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import ErrorCode, FrameError, parse_command
+from protocol.commands import (
+    MAX_LIMIT,
+    Connect,
+    History,
+    Join,
+    Leave,
+    NotificationsQuery,
+    NotificationsRead,
+    Ping,
+    PresenceQuery,
+    Read,
+    Refresh,
+    Rejected,
+    RoomRequest,
+    Send,
+    Typing,
+)
+
+
+def rejected(message: dict[str, object]) -> Rejected:
+    command = parse_command(message)
+    assert isinstance(command, Rejected), command
+    return command
+
+
+def test_every_op_parses() -> None:
+    assert parse_command(
+        {
+            "id": 1,
+            "op": "connect",
+            "token": "t",
+            "rooms": [{"room": "swap:1", "since": 3, "epoch": "ab"}, "user:2"],
+        }
+    ) == Connect(1, "t", (RoomRequest("swap:1", 3, "ab"), RoomRequest("user:2")))
+    assert parse_command({"id": 2, "op": "join", "room": "swap:1", "token": "x"}) == Join(
+        2, RoomRequest("swap:1", token="x")
+    )
+    assert parse_command({"id": 3, "op": "leave", "room": "swap:1"}) == Leave(3, "swap:1")
+    assert parse_command(
+        {"id": 4, "op": "send", "room": "swap:1", "body": {"t": "hi"}, "client_id": "c1"}
+    ) == Send(4, "swap:1", '{"t":"hi"}', "c1")
+    assert parse_command({"id": 5, "op": "typing", "room": "swap:1", "active": True}) == Typing(
+        5, "swap:1", True
+    )
+    assert parse_command(
+        {"id": 6, "op": "history", "room": "swap:1", "before": 9, "limit": 10}
+    ) == History(6, "swap:1", 9, None, 10)
+    assert parse_command({"id": 7, "op": "read", "room": "swap:1", "seq": 4}) == Read(
+        7, "swap:1", 4
+    )
+    assert parse_command({"id": 8, "op": "presence", "room": "swap:1"}) == PresenceQuery(
+        8, "swap:1"
+    )
+    assert parse_command({"id": 9, "op": "notifications", "after": 5, "unread": True}) == (
+        NotificationsQuery(9, 5, 50, True)
+    )
+    assert parse_command({"id": 10, "op": "notifications.read", "ids": [1, 2]}) == (
+        NotificationsRead(10, ids=(1, 2))
+    )
+    assert parse_command({"id": 11, "op": "notifications.read", "up_to": 7}) == (
+        NotificationsRead(11, up_to=7)
+    )
+    assert parse_command({"id": 12, "op": "refresh", "token": "t"}) == Refresh(12, "t")
+    assert parse_command({"id": 13, "op": "ping"}) == Ping(13)
+    assert parse_command({"op": "ping"}) == Ping(None)
+
+
+def test_body_may_be_any_json_value() -> None:
+    for body, text in [(None, "null"), (0, "0"), ("x", '"x"'), ([1, {"a": []}], '[1,{"a":[]}]')]:
+        command = parse_command({"id": 1, "op": "send", "room": "swap:1", "body": body})
+        assert isinstance(command, Send)
+        assert command.body_json == text
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"id": 1, "op": "nope"}, "unknown op 'nope'"),
+        ({"id": 1}, "'op' must be a string"),
+        ({"id": 1, "op": "join"}, "'room' is required"),
+        ({"id": 1, "op": "join", "room": "Swap:1"}, "namespace:key"),
+        ({"id": 1, "op": "join", "room": "swap:"}, "namespace:key"),
+        ({"id": 1, "op": "join", "room": "swap:" + "a" * 129}, "namespace:key"),
+        ({"id": 1, "op": "join", "room": "swap:a/b"}, "namespace:key"),
+        ({"id": 1, "op": "join", "room": "swap:1", "since": -1}, "'since' must be an integer"),
+        ({"id": 1, "op": "join", "room": "swap:1", "since": "3"}, "'since' must be an integer"),
+        ({"id": 1, "op": "join", "room": "swap:1", "since": True}, "'since' must be an integer"),
+        ({"id": 1, "op": "send", "room": "swap:1"}, "'body' is required"),
+        (
+            {"id": 1, "op": "send", "room": "swap:1", "body": 1, "client_id": "x" * 65},
+            "'client_id' must be",
+        ),
+        ({"id": 1, "op": "send", "room": "swap:1", "body": b"raw"}, "'body' must be a JSON value"),
+        ({"id": 1, "op": "send", "room": "swap:1", "body": {1: 2}}, "'body' must be a JSON value"),
+        ({"id": 1, "op": "typing", "room": "swap:1"}, "'active' must be true or false"),
+        ({"id": 1, "op": "history", "room": "swap:1", "before": 5, "after": 1}, "not both"),
+        ({"id": 1, "op": "history", "room": "swap:1", "limit": 0}, "'limit' must be"),
+        ({"id": 1, "op": "read", "room": "swap:1"}, "'seq' is required"),
+        ({"id": 1, "op": "notifications.read"}, "give 'ids'"),
+        ({"id": 1, "op": "notifications.read", "ids": [1], "up_to": 2}, "give 'ids'"),
+        ({"id": 1, "op": "notifications.read", "ids": [0]}, "'ids' must be"),
+        ({"id": 1, "op": "refresh"}, "'token' is required"),
+        ({"id": 1, "op": "connect", "rooms": "swap:1"}, "'rooms' must be a list"),
+        ({"id": 1, "op": "connect", "rooms": [5]}, "each entry of 'rooms'"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_a_clear_message(
+    message: dict[str, object], fragment: str
+) -> None:
+    command = rejected(message)
+    assert command.id == 1
+    assert command.code is ErrorCode.BAD_REQUEST
+    assert fragment in command.message
+
+
+def test_rejection_names_the_op() -> None:
+    assert rejected({"id": 3, "op": "join"}).message.startswith("join: ")
+
+
+def test_limit_is_capped_not_refused() -> None:
+    command = parse_command({"id": 1, "op": "history", "room": "swap:1", "limit": 10_000})
+    assert isinstance(command, History)
+    assert command.limit == MAX_LIMIT
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [1, 2],
+        "text",
+        5,
+        None,
+        {"id": 0, "op": "ping"},
+        {"id": -1, "op": "ping"},
+        {"id": "7", "op": "ping"},
+        {"id": 1.5, "op": "ping"},
+        {"id": True, "op": "ping"},
+        {"id": 2**63, "op": "ping"},
+        {"op": 5},
+        {},
+    ],
+)
+def test_not_a_message_is_a_frame_error(message: object) -> None:
+    with pytest.raises(FrameError):
+        parse_command(message)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert parse_command({"id": 1, "op": "ping", "extra": [1]}) == Ping(1)
