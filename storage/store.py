@@ -1,0 +1,218 @@
+"""The Store seam: everything an instance keeps durably.
+
+Every implementation promises, and ``tests/storage/test_store_contract.py`` checks:
+
+- ``append`` allocates the room's ``seq`` in the same transaction that stores the
+  message. Seqs run 1, 2, 3 … per room, gapless, in commit order, however many
+  instances append at once.
+- A repeat of ``(room, user, client_id)`` returns the first message with
+  ``duplicate=True`` and stores nothing; the database enforces it (a unique index),
+  not memory.
+- A room's ``epoch`` is fixed when the room's first row is written and changes only
+  when its history is lost (a new database).
+- ``set_read`` never moves a read mark back.
+- Notification ids grow over time, across recipients.
+- When the database cannot be reached or does not answer in time, every call raises
+  ``StorageUnavailable`` and nothing was done. The one exception is an ``append``
+  whose commit was already sent when the connection broke: it may have been stored.
+  Clients that retry with the same ``client_id`` get the first message back, so a
+  retry is always safe.
+
+Bodies and notification data are JSON text: the store never parses them.
+Timestamps are milliseconds since the Unix epoch, taken by the store.
+User ids are non-empty strings: the empty string stands for "no user" in the
+idempotency key of system messages and for "from the start" in follower paging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """A store failed in a way that is not an outage (a bug or a broken schema)."""
+
+
+class StorageUnavailable(StorageError):
+    """The database could not be reached or timed out; nothing was done."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    room: str
+    user: str | None
+    body: str
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    room: str
+    seq: int
+    user: str | None
+    body: str
+    ts: int
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    message: StoredMessage
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A room's state and the messages after ``since``, read in one snapshot."""
+
+    seq: int
+    epoch: str
+    missed: list[StoredMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[StoredMessage]
+    more: bool
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    user: str
+    type: str
+    data: str
+    actor: str | None
+    ts: int
+    read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationPage:
+    items: list[Notification]
+    unread_count: int
+
+
+class Store(Protocol):
+    """Durable state of the cluster. See the module docstring for the guarantees."""
+
+    async def open(self) -> None:
+        """Connect. Does not migrate: call ``migrate`` first (the server does at start)."""
+
+    async def close(self) -> None:
+        """Finish in-flight work and release connections and threads."""
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations, safely when several instances run it at once.
+
+        Returns the versions this call applied (empty when the schema was current).
+        """
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless the database answers a trivial query."""
+
+    # Room history ------------------------------------------------------------------
+
+    async def append(self, message: NewMessage) -> Appended:
+        """Store a message under the room's next seq (or return the client_id's first)."""
+
+    async def recover(self, room: str, since: int | None, limit: int) -> Recovery:
+        """The room's latest seq and epoch, and up to ``limit`` messages with seq > since.
+
+        ``since=None`` returns no messages. ``missed`` is ascending from the oldest
+        stored message after ``since``. Creates the room's row (fixing its epoch)
+        when the room has none yet.
+        """
+
+    async def messages_after(self, room: str, after: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages with seq > after, ascending (used to fill gaps)."""
+
+    async def history(
+        self, room: str, *, before: int | None, after: int | None, limit: int
+    ) -> HistoryPage:
+        """A page of history, ascending; see the ``history`` op of the protocol.
+
+        With ``before``: the ``limit`` messages just before it, ``more`` when older
+        ones exist. With ``after``: the ``limit`` messages just after it, ``more``
+        when newer ones exist. With neither: the latest ``limit``, ``more`` when
+        older ones exist. Not both. Like ``recover``, creates the room's row (fixing
+        its epoch) when the room has none yet.
+        """
+
+    async def latest_seqs(self, rooms: Sequence[str]) -> dict[str, int]:
+        """The latest seq of each room that has stored anything (others are left out)."""
+
+    async def set_read(self, room: str, user: str, seq: int) -> int:
+        """Raise the user's read mark in the room to ``seq``; return the stored mark."""
+
+    async def prune(
+        self, namespace: str, *, older_than_ms: int | None, keep_last: int | None
+    ) -> int:
+        """Delete messages of rooms ``namespace:*`` older than a time or beyond a count.
+
+        ``older_than_ms`` is a time (ms since the Unix epoch, not an age): messages
+        with ``ts`` before it go. ``keep_last`` keeps each room's last that many
+        seqs. A message goes when either says so; both None deletes nothing.
+        Never touches a room's seq counter or epoch. Returns how many were deleted.
+        """
+
+    # Membership and the follow graph ---------------------------------------------
+
+    async def add_member(self, room: str, user: str) -> bool:
+        """Grant membership; True when it is new."""
+
+    async def remove_member(self, room: str, user: str) -> bool:
+        """Revoke membership; True when there was one."""
+
+    async def is_member(self, room: str, user: str) -> bool: ...
+
+    async def members(self, room: str) -> list[str]:
+        """Members of a room, sorted."""
+
+    async def follow(self, user: str, target: str) -> bool:
+        """``user`` now follows ``target``; True when it is new."""
+
+    async def unfollow(self, user: str, target: str) -> bool:
+        """True when ``user`` followed ``target`` before."""
+
+    async def is_following(self, user: str, target: str) -> bool: ...
+
+    async def followers(self, target: str, *, after: str | None, limit: int) -> list[str]:
+        """A page of ``target``'s followers sorted by id, those greater than ``after``."""
+
+    # Notifications -----------------------------------------------------------------
+
+    async def add_notifications(
+        self, users: Sequence[str], type: str, data: str, actor: str | None
+    ) -> list[Notification]:
+        """Store one notification per listed user (duplicates in ``users`` count once)."""
+
+    async def add_follower_notifications(
+        self, target: str, type: str, data: str, actor: str | None, *, after: str | None, limit: int
+    ) -> list[Notification]:
+        """Store a notification for the next page of ``target``'s followers.
+
+        The page is the first ``limit`` followers with id greater than ``after``, in
+        one statement; the result is sorted by user, so the caller pages on with
+        ``after=result[-1].user`` until the result is empty.
+        """
+
+    async def notifications(
+        self, user: str, *, after: int | None, limit: int, unread_only: bool
+    ) -> NotificationPage:
+        """The user's notifications with id > after, ascending, and the unread count.
+
+        With no ``after``, the latest ``limit`` (still ascending).
+        """
+
+    async def mark_notifications_read(
+        self, user: str, *, ids: Sequence[int] | None = None, up_to: int | None = None
+    ) -> int:
+        """Mark the listed ids, or all ids <= up_to, read; return the unread count.
+
+        Only the user's own notifications change. Not both; with neither, nothing
+        changes and the count is returned.
+        """

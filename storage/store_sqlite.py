@@ -1,0 +1,778 @@
+"""The Store on an embedded SQLite file (the default: one instance, nothing to run).
+
+No sqlite3 call runs on the event loop. Threads own the connections:
+
+- One writer thread owns the only connection that writes. It wakes with a job,
+  takes every job queued by then and runs them all in one transaction, each in its
+  own SAVEPOINT so that a failing job is rolled back alone (group commit: one
+  fsync for the lot). Results go back to the loop only after COMMIT, so with the
+  default ``synchronous=FULL`` an acknowledged append survives a power cut.
+- A few reader threads (2) with their own connections serve reads. WAL mode lets
+  them read a consistent snapshot while the writer writes.
+
+Seqs come from the room's row in ``rooms``, bumped in the transaction that inserts
+the message; with one writer thread there is nothing to race.
+
+The job queues are bounded: when one is full the call fails at once with
+``StorageUnavailable("storage overloaded")`` instead of queueing without limit.
+Every call waits at most ``timeout``. A job still queued when its caller gives up
+is dropped (nothing was done); one the writer had already taken may still commit,
+as the Store contract allows for an append whose commit was sent.
+
+Several stores (or processes) may open one file, SQLite's locks keep them correct,
+but their writers then wait for each other: a cluster belongs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from storage.common import check_limit, new_epoch, now_ms, prune_arguments
+from storage.migrate import load_migrations, migrate_sqlite
+from storage.store import (
+    Appended,
+    HistoryPage,
+    NewMessage,
+    Notification,
+    NotificationPage,
+    Recovery,
+    StorageError,
+    StorageUnavailable,
+    StoredMessage,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], int]
+_Work = Callable[[sqlite3.Connection], Any]
+
+SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# Primary result codes that mean "the database cannot be used right now" rather
+# than "this statement or the schema is wrong".
+_OUTAGE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _storage_error(exc: BaseException) -> StorageError:
+    """The Store's exception for a driver error, chained to it."""
+    if isinstance(exc, StorageError):
+        return exc
+    error: StorageError
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _OUTAGE_CODES:
+            error = StorageUnavailable(f"sqlite: {exc}")
+        else:
+            error = StorageError(f"sqlite: {exc}")
+    elif isinstance(exc, OSError):
+        error = StorageUnavailable(f"sqlite: {exc}")
+    else:
+        error = StorageError(f"sqlite: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+# Threads -----------------------------------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("abandoned", "future", "work")
+
+    def __init__(self, work: _Work) -> None:
+        self.work = work
+        # A concurrent future: the caller's cancel() and the worker's
+        # set_running_or_notify_cancel() decide atomically whether a queued job
+        # is dropped or taken.
+        self.future: cf.Future[Any] = cf.Future()
+        # Set by a caller that gave up after a thread took the job: the thread
+        # still skips it if it has not run it yet (say, while BEGIN waited for a
+        # lock), so that only a job caught in its COMMIT can outlive its caller.
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.future.cancel()
+
+
+_ABANDONED: Final = "the caller gave up waiting"
+
+
+_STOP: Final = object()
+
+
+class _JobThreads:
+    """Threads, each with its own connection, fed by one bounded queue."""
+
+    def __init__(
+        self,
+        name: str,
+        count: int,
+        connect: Callable[[], sqlite3.Connection],
+        run: Callable[[sqlite3.Connection, list[_Job]], None],
+        *,
+        max_queue: int,
+        group: bool,
+    ) -> None:
+        self._name = name
+        self._count = count
+        self._connect = connect
+        self._run = run
+        self._group = group
+        self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_queue)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> list[cf.Future[None]]:
+        """Start the threads; each future resolves once its connection is open."""
+        ready: list[cf.Future[None]] = []
+        for i in range(self._count):
+            future: cf.Future[None] = cf.Future()
+            thread = threading.Thread(
+                target=self._main, args=(future,), name=f"{self._name}-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            ready.append(future)
+        return ready
+
+    def submit(self, work: _Work) -> _Job:
+        job = _Job(work)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise StorageUnavailable("storage overloaded") from None
+        return job
+
+    def stop(self, timeout: float) -> None:
+        """Let the threads finish every queued job, then join them. Blocking."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                try:
+                    self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Full:
+                    raise StorageError(f"{thread.name} did not stop within {timeout}s") from None
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise StorageError(f"{thread.name} did not stop within {timeout}s")
+
+    def _take(self) -> tuple[list[_Job], bool]:
+        """Wait for a job; a grouping thread also takes every job queued by then."""
+        # An idle thread waits here as long as there is no work: stop() ends the
+        # wait with _STOP, and callers bound their own waits with the timeout.
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        assert isinstance(first, _Job)
+        jobs = [first]
+        if self._group:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    return jobs, True
+                assert isinstance(item, _Job)
+                jobs.append(item)
+        return jobs, False
+
+    def _main(self, ready: cf.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:  # noqa: BLE001 -- handed to open(), which raises it
+            ready.set_exception(_storage_error(exc))
+            return
+        ready.set_result(None)
+        try:
+            stop = False
+            while not stop:
+                jobs, stop = self._take()
+                live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+                if not live:
+                    continue
+                try:
+                    self._run(conn, live)
+                except Exception as exc:  # noqa: BLE001 -- forwarded to every waiting caller
+                    error = _storage_error(exc)
+                    for job in live:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+        finally:
+            conn.close()
+
+
+def _run_group(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    """Run jobs in one transaction, one SAVEPOINT each; resolve them after COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    try:
+        for job in jobs:
+            if job.abandoned:
+                outcomes.append((job, None, StorageUnavailable(_ABANDONED)))
+                continue
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.work(conn)
+            except Exception as exc:  # noqa: BLE001 -- this job fails alone; the error goes to its caller
+                conn.execute("ROLLBACK TO job")
+                outcomes.append((job, None, exc))
+            else:
+                outcomes.append((job, value, None))
+            conn.execute("RELEASE job")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    for job, value, error in outcomes:
+        if error is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(_storage_error(error))
+
+
+def _run_each(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    """Run each read job in its own read transaction: one snapshot per job."""
+    for job in jobs:
+        if job.abandoned:
+            job.future.set_exception(StorageUnavailable(_ABANDONED))
+            continue
+        try:
+            conn.execute("BEGIN")
+            try:
+                value = job.work(conn)
+            finally:
+                conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 -- the error goes to this job's caller
+            job.future.set_exception(_storage_error(exc))
+        else:
+            job.future.set_result(value)
+
+
+def _connect(path: Path, timeout: float, synchronous: str | None) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves); ``None``: a reader."""
+    if synchronous is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, cached_statements=64)
+    try:
+        if synchronous is None:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        conn.close()
+        raise
+    if synchronous is not None and mode != "wal":
+        conn.close()
+        raise StorageError(f"sqlite: cannot use WAL mode (got {mode!r}) for {path}")
+    return conn
+
+
+# Queries: plain functions of a connection, run on the threads -----------------------
+
+_MESSAGE_COLUMNS = "room, seq, user_id, body, ts, client_id"
+_NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read"
+
+_FIND_CLIENT_ID = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+    " WHERE room = ? AND coalesce(user_id, '') = ? AND client_id = ?"
+)
+_ENSURE_ROOM = "INSERT INTO rooms (room, last_seq, epoch) VALUES (?, 0, ?) ON CONFLICT DO NOTHING"
+_NEXT_SEQ = "UPDATE rooms SET last_seq = last_seq + 1 WHERE room = ? RETURNING last_seq"
+_INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+_ROOM = "SELECT last_seq, epoch FROM rooms WHERE room = ?"
+_AFTER = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
+_BEFORE = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+)
+_LATEST = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?"
+_SET_READ = (
+    "INSERT INTO reads (room, user_id, seq) VALUES (?, ?, ?)"
+    " ON CONFLICT (room, user_id) DO UPDATE SET seq = max(seq, excluded.seq) RETURNING seq"
+)
+_PRUNE = (
+    "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE room >= ? AND room < ?"
+    " AND (ts < ? OR seq <= (SELECT last_seq FROM rooms WHERE rooms.room = messages.room) - ?)"
+    " LIMIT ?)"
+)
+_ADD_MEMBER = (
+    "INSERT INTO members (room, user_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_REMOVE_MEMBER = "DELETE FROM members WHERE room = ? AND user_id = ?"
+_IS_MEMBER = "SELECT 1 FROM members WHERE room = ? AND user_id = ?"
+_MEMBERS = "SELECT user_id FROM members WHERE room = ? ORDER BY user_id"
+_FOLLOW = (
+    "INSERT INTO follows (target, follower, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_UNFOLLOW = "DELETE FROM follows WHERE target = ? AND follower = ?"
+_IS_FOLLOWING = "SELECT 1 FROM follows WHERE target = ? AND follower = ?"
+_FOLLOWERS = (
+    "SELECT follower FROM follows WHERE target = ? AND follower > ? ORDER BY follower LIMIT ?"
+)
+_ADD_NOTIFICATION = (
+    "INSERT INTO notifications (user_id, type, data, actor, ts, read)"
+    f" VALUES (?, ?, ?, ?, ?, 0) RETURNING {_NOTIFICATION_COLUMNS}"
+)
+_ADD_FOLLOWER_NOTIFICATIONS = (
+    "INSERT INTO notifications (user_id, type, data, actor, ts, read)"
+    " SELECT follower, ?, ?, ?, ?, 0 FROM follows"
+    " WHERE target = ? AND follower > ? ORDER BY follower LIMIT ?"
+    f" RETURNING {_NOTIFICATION_COLUMNS}"
+)
+_NOTIFICATIONS_AFTER = (
+    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+    " WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?"
+)
+_UNREAD_AFTER = (
+    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+    " WHERE user_id = ? AND read = 0 AND id > ? ORDER BY id LIMIT ?"
+)
+_NOTIFICATIONS_LATEST = (
+    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE user_id = ? ORDER BY id DESC LIMIT ?"
+)
+_UNREAD_LATEST = (
+    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+    " WHERE user_id = ? AND read = 0 ORDER BY id DESC LIMIT ?"
+)
+_UNREAD_COUNT = "SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0"
+_MARK_IDS_READ = (
+    "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0"
+    " AND id IN (SELECT value FROM json_each(?))"
+)
+_MARK_UP_TO_READ = "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 AND id <= ?"
+
+
+_LATEST_CHUNK = 500
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _notification(row: Sequence[Any]) -> Notification:
+    return Notification(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+def _append(conn: sqlite3.Connection, message: NewMessage, clock: Clock) -> Appended:
+    if message.client_id is not None:
+        key = (message.room, message.user or "", message.client_id)
+        row = conn.execute(_FIND_CLIENT_ID, key).fetchone()
+        if row is not None:
+            return Appended(_message(row), duplicate=True)
+    conn.execute(_ENSURE_ROOM, (message.room, new_epoch()))
+    (seq,) = conn.execute(_NEXT_SEQ, (message.room,)).fetchone()
+    stored = StoredMessage(
+        message.room, seq, message.user, message.body, clock(), message.client_id
+    )
+    conn.execute(
+        _INSERT_MESSAGE,
+        (stored.room, stored.seq, stored.user, stored.body, stored.ts, stored.client_id),
+    )
+    return Appended(stored, duplicate=False)
+
+
+def _recover(
+    conn: sqlite3.Connection, room: str, since: int | None, limit: int, create: bool
+) -> Recovery | None:
+    """None when the room has no row and ``create`` is off (a reader cannot create it)."""
+    if create:
+        conn.execute(_ENSURE_ROOM, (room, new_epoch()))
+    row = conn.execute(_ROOM, (room,)).fetchone()
+    if row is None:
+        return None
+    missed: list[StoredMessage] = []
+    if since is not None and limit > 0:
+        missed = [_message(r) for r in conn.execute(_AFTER, (room, since, limit))]
+    return Recovery(seq=row[0], epoch=row[1], missed=missed)
+
+
+def _history(
+    conn: sqlite3.Connection,
+    room: str,
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    create: bool,
+) -> HistoryPage | None:
+    if create:
+        conn.execute(_ENSURE_ROOM, (room, new_epoch()))
+    row = conn.execute(_ROOM, (room,)).fetchone()
+    if row is None:
+        return None
+    # One row more than asked says whether there is more in that direction.
+    if after is not None:
+        rows = conn.execute(_AFTER, (room, after, limit + 1)).fetchall()
+    elif before is not None:
+        rows = conn.execute(_BEFORE, (room, before, limit + 1)).fetchall()
+    else:
+        rows = conn.execute(_LATEST, (room, limit + 1)).fetchall()
+    page = [_message(r) for r in rows[:limit]]
+    if after is None:
+        page.reverse()
+    return HistoryPage(messages=page, more=len(rows) > limit, epoch=row[1])
+
+
+def _notification_page(
+    conn: sqlite3.Connection, user: str, after: int | None, limit: int, unread_only: bool
+) -> NotificationPage:
+    if after is not None:
+        sql = _UNREAD_AFTER if unread_only else _NOTIFICATIONS_AFTER
+        items = [_notification(r) for r in conn.execute(sql, (user, after, limit))]
+    else:
+        sql = _UNREAD_LATEST if unread_only else _NOTIFICATIONS_LATEST
+        items = [_notification(r) for r in conn.execute(sql, (user, limit))]
+        items.reverse()
+    return NotificationPage(items=items, unread_count=_unread_count(conn, user))
+
+
+def _unread_count(conn: sqlite3.Connection, user: str) -> int:
+    count: int = conn.execute(_UNREAD_COUNT, (user,)).fetchone()[0]
+    return count
+
+
+def _add_notifications(
+    conn: sqlite3.Connection, users: list[str], *, type: str, data: str, actor: str | None, ts: int
+) -> list[Notification]:
+    return [
+        _notification(conn.execute(_ADD_NOTIFICATION, (user, type, data, actor, ts)).fetchone())
+        for user in users
+    ]
+
+
+def _mark_read(
+    conn: sqlite3.Connection, user: str, ids: Sequence[int] | None, up_to: int | None
+) -> int:
+    if ids is not None:
+        conn.execute(_MARK_IDS_READ, (user, json.dumps([int(i) for i in ids])))
+    if up_to is not None:
+        conn.execute(_MARK_UP_TO_READ, (user, up_to))
+    return _unread_count(conn, user)
+
+
+def _exists(conn: sqlite3.Connection, sql: str, args: tuple[str, str]) -> bool:
+    return conn.execute(sql, args).fetchone() is not None
+
+
+def _changed(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> bool:
+    return conn.execute(sql, args).rowcount > 0
+
+
+# The store -----------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """The Store on one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "FULL",
+        readers: int = 2,
+        max_queue: int = 1024,
+        migrate_timeout: float = 60.0,
+        prune_chunk: int = 5000,
+        clock: Clock = now_ms,
+    ) -> None:
+        mode = synchronous.upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"sqlite synchronous must be one of {SYNCHRONOUS_MODES}: {synchronous!r}"
+            )
+        if timeout <= 0 or readers < 1 or max_queue < 1 or prune_chunk < 1:
+            raise ValueError("timeout must be > 0; readers, max_queue, prune_chunk >= 1")
+        self._path = Path(path)
+        self._timeout = timeout
+        self._synchronous = mode
+        self._readers_count = readers
+        self._max_queue = max_queue
+        self._migrate_timeout = migrate_timeout
+        self._prune_chunk = prune_chunk
+        self._clock = clock
+        self._writer: _JobThreads | None = None
+        self._readers: _JobThreads | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the threads. Creates the file and its directory when missing."""
+        if self._closed:
+            raise StorageError("a closed store cannot be reopened")
+        if self._writer is not None:
+            return
+        self._writer = _JobThreads(
+            "sqlite-writer",
+            1,
+            functools.partial(_connect, self._path, self._timeout, self._synchronous),
+            _run_group,
+            max_queue=self._max_queue,
+            group=True,
+        )
+        self._readers = _JobThreads(
+            "sqlite-reader",
+            self._readers_count,
+            functools.partial(_connect, self._path, self._timeout, None),
+            _run_each,
+            max_queue=self._max_queue,
+            group=False,
+        )
+        try:
+            # The writer first: it creates the file and switches it to WAL.
+            await self._until_ready(self._writer)
+            await self._until_ready(self._readers)
+        except BaseException:
+            await self._stop_threads()
+            self._writer = self._readers = None  # open() may be tried again
+            raise
+
+    async def _until_ready(self, threads: _JobThreads) -> None:
+        futures = [asyncio.wrap_future(f) for f in threads.start()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout)
+        except TimeoutError:
+            raise StorageUnavailable(f"sqlite: could not open {self._path} in time") from None
+
+    async def close(self) -> None:
+        """Finish every queued job, then close the connections and join the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_threads()
+
+    async def _stop_threads(self) -> None:
+        for threads in (self._writer, self._readers):
+            if threads is not None:
+                await asyncio.to_thread(threads.stop, self._timeout)
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations on a connection of its own (open() not needed)."""
+        task = asyncio.to_thread(self._migrate_blocking)
+        try:
+            return await asyncio.wait_for(task, self._migrate_timeout)
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"sqlite: migration did not finish within {self._migrate_timeout}s"
+            ) from None
+
+    def _migrate_blocking(self) -> list[int]:
+        try:
+            migrations = load_migrations("sqlite")
+            conn = _connect(self._path, self._migrate_timeout, self._synchronous)
+            try:
+                return migrate_sqlite(conn, migrations, self._clock())
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_error(exc) from exc
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # Plumbing -------------------------------------------------------------------------
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(self._readers, work)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(self._writer, work)
+
+    async def _call(
+        self, threads: _JobThreads | None, work: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        if self._closed:
+            raise StorageUnavailable("store is closed")
+        if threads is None:
+            raise StorageError("store is not open")
+        job = threads.submit(work)
+        try:
+            result: T = await asyncio.wait_for(asyncio.wrap_future(job.future), self._timeout)
+        except TimeoutError:
+            job.abandon()
+            raise StorageUnavailable(f"sqlite did not answer within {self._timeout}s") from None
+        except asyncio.CancelledError:
+            job.abandon()
+            raise
+        return result
+
+    # Room history ---------------------------------------------------------------------
+
+    async def append(self, message: NewMessage) -> Appended:
+        return await self._write(lambda conn: _append(conn, message, self._clock))
+
+    async def recover(self, room: str, since: int | None, limit: int) -> Recovery:
+        check_limit(limit)
+        found = await self._read(lambda conn: _recover(conn, room, since, limit, create=False))
+        if found is not None:
+            return found
+        created = await self._write(lambda conn: _recover(conn, room, since, limit, create=True))
+        assert created is not None
+        return created
+
+    async def messages_after(self, room: str, after: int, limit: int) -> list[StoredMessage]:
+        check_limit(limit)
+        rows = await self._read(lambda conn: conn.execute(_AFTER, (room, after, limit)).fetchall())
+        return [_message(r) for r in rows]
+
+    async def history(
+        self, room: str, *, before: int | None, after: int | None, limit: int
+    ) -> HistoryPage:
+        check_limit(limit)
+        if before is not None and after is not None:
+            raise ValueError("history takes before or after, not both")
+        page = await self._read(
+            lambda conn: _history(conn, room, before=before, after=after, limit=limit, create=False)
+        )
+        if page is None:
+            page = await self._write(
+                lambda conn: _history(
+                    conn, room, before=before, after=after, limit=limit, create=True
+                )
+            )
+        assert page is not None
+        return page
+
+    async def set_read(self, room: str, user: str, seq: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            stored: int = conn.execute(_SET_READ, (room, user, seq)).fetchone()[0]
+            return stored
+
+        return await self._write(work)
+
+    async def prune(
+        self, namespace: str, *, older_than_ms: int | None, keep_last: int | None
+    ) -> int:
+        args = prune_arguments(namespace, older_than_ms, keep_last, self._prune_chunk)
+        if args is None:
+            return 0
+        # In chunks, each its own write job: appends are not held up behind a
+        # large deletion, and no single job runs into the timeout.
+        deleted = 0
+        while True:
+            count = await self._write(lambda conn: conn.execute(_PRUNE, args).rowcount)
+            deleted += count
+            if count < self._prune_chunk:
+                return deleted
+
+    # Membership and the follow graph --------------------------------------------------
+
+    async def add_member(self, room: str, user: str) -> bool:
+        return await self._write(
+            lambda conn: _changed(conn, _ADD_MEMBER, (room, user, self._clock()))
+        )
+
+    async def remove_member(self, room: str, user: str) -> bool:
+        return await self._write(lambda conn: _changed(conn, _REMOVE_MEMBER, (room, user)))
+
+    async def is_member(self, room: str, user: str) -> bool:
+        return await self._read(lambda conn: _exists(conn, _IS_MEMBER, (room, user)))
+
+    async def latest_seqs(self, rooms: Sequence[str]) -> dict[str, int]:
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            found: dict[str, int] = {}
+            # SQLite caps the parameters of one statement; ask in chunks.
+            for start in range(0, len(rooms), _LATEST_CHUNK):
+                chunk = list(rooms[start : start + _LATEST_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT room, last_seq FROM rooms WHERE room IN ({marks})"
+                found.update(conn.execute(sql, chunk).fetchall())
+            return found
+
+        return await self._read(work) if rooms else {}
+
+    async def members(self, room: str) -> list[str]:
+        rows = await self._read(lambda conn: conn.execute(_MEMBERS, (room,)).fetchall())
+        return [r[0] for r in rows]
+
+    async def follow(self, user: str, target: str) -> bool:
+        return await self._write(
+            lambda conn: _changed(conn, _FOLLOW, (target, user, self._clock()))
+        )
+
+    async def unfollow(self, user: str, target: str) -> bool:
+        return await self._write(lambda conn: _changed(conn, _UNFOLLOW, (target, user)))
+
+    async def is_following(self, user: str, target: str) -> bool:
+        return await self._read(lambda conn: _exists(conn, _IS_FOLLOWING, (target, user)))
+
+    async def followers(self, target: str, *, after: str | None, limit: int) -> list[str]:
+        check_limit(limit)
+        args = (target, after or "", limit)
+        rows = await self._read(lambda conn: conn.execute(_FOLLOWERS, args).fetchall())
+        return [r[0] for r in rows]
+
+    # Notifications --------------------------------------------------------------------
+
+    async def add_notifications(
+        self, users: Sequence[str], type: str, data: str, actor: str | None
+    ) -> list[Notification]:
+        recipients = sorted(set(users))
+        if not recipients:
+            return []
+        return await self._write(
+            lambda conn: _add_notifications(
+                conn, recipients, type=type, data=data, actor=actor, ts=self._clock()
+            )
+        )
+
+    async def add_follower_notifications(
+        self, target: str, type: str, data: str, actor: str | None, *, after: str | None, limit: int
+    ) -> list[Notification]:
+        check_limit(limit)
+
+        def work(conn: sqlite3.Connection) -> list[Notification]:
+            args = (type, data, actor, self._clock(), target, after or "", limit)
+            return [_notification(r) for r in conn.execute(_ADD_FOLLOWER_NOTIFICATIONS, args)]
+
+        created = await self._write(work)
+        # RETURNING order is unspecified in SQLite.
+        return sorted(created, key=lambda n: n.user)
+
+    async def notifications(
+        self, user: str, *, after: int | None, limit: int, unread_only: bool
+    ) -> NotificationPage:
+        check_limit(limit)
+        return await self._read(
+            lambda conn: _notification_page(conn, user, after, limit, unread_only)
+        )
+
+    async def mark_notifications_read(
+        self, user: str, *, ids: Sequence[int] | None = None, up_to: int | None = None
+    ) -> int:
+        if ids is not None and up_to is not None:
+            raise ValueError("mark_notifications_read takes ids or up_to, not both")
+        if ids is None and up_to is None:
+            return await self._read(lambda conn: _unread_count(conn, user))
+        return await self._write(lambda conn: _mark_read(conn, user, ids, up_to))
