@@ -1,0 +1,1 @@
+"""The realtime server: connections, rooms, auth, REST and fan-out."""

@@ -1,0 +1,86 @@
+"""The aiohttp application: routes, and the lifecycle of the node and its seams.
+
+Start: open the store, migrate, start the broker, start the node. SIGTERM
+(``on_shutdown``): drain, closing connections with 1012 after their command in
+flight. Cleanup: close the node, then the broker, presence and store, in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from storage import create_store
+
+from .app_keys import NODE
+from .broker import Broker
+from .broker_memory import MemoryBroker
+from .config import Settings
+from .node import Node
+from .presence import Presence
+from .presence_memory import MemoryPresence
+from .rest import add_routes, api_errors
+from .ws import aiohttp_websocket
+
+log = logging.getLogger(__name__)
+
+
+def create_seams(settings: Settings, owner: str) -> tuple[Broker, Presence]:
+    """The broker and presence chosen by ``broker.url``."""
+    if not settings.broker.url:
+        return MemoryBroker(), MemoryPresence()
+    from .redis_seams import create_redis_seams
+
+    return create_redis_seams(settings, owner)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_request_bytes, middlewares=[api_errors]
+    )
+    # Upgrades on a kept-alive HTTP connection; fresh ones never reach aiohttp.
+    app.router.add_get("/ws", aiohttp_websocket)
+    add_routes(app)
+    app.cleanup_ctx.append(_lifecycle(settings))
+    app.on_shutdown.append(_drain)
+    return app
+
+
+def _lifecycle(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = create_store(
+            settings.storage.dsn,
+            timeout=settings.storage.timeout,
+            pool_size=settings.storage.pool_size,
+            sqlite_synchronous=settings.storage.sqlite_synchronous,
+        )
+        await store.open()
+        try:
+            applied = await store.migrate()
+            if applied:
+                log.info("applied migrations %s", applied)
+            instance_id = settings.server.instance_id or secrets.token_hex(4)
+            # This process, distinct from an earlier life of the same instance.
+            owner = f"{instance_id}-{secrets.token_hex(4)}"
+            broker, presence = create_seams(settings, owner)
+            node = Node(settings, store, broker, presence, instance_id=instance_id)
+            app[NODE] = node
+            await node.start()
+            log.info("instance %s ready", node.instance_id)
+            try:
+                yield
+            finally:
+                await node.close()
+                await broker.close()
+                await presence.close()
+        finally:
+            await store.close()
+
+    return lifecycle
+
+
+async def _drain(app: web.Application) -> None:
+    await app[NODE].drain()

@@ -1,0 +1,52 @@
+"""The Broker seam: how an event published on one instance reaches the others.
+
+Delivery is at most once and unordered: a broker may drop events while it is
+disconnected and may reorder events from different publishers. The hub makes room
+messages exactly-once and ordered on top of it, by seq, filling gaps from the
+store; ``on_resync`` tells it when events may have been lost. Every instance
+receives its own publications too (so a single instance needs nothing else).
+
+Implementations: ``broker_memory.MemoryBroker`` (one instance, the default) and
+``broker_redis.RedisBroker`` (any number of instances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .events import Event
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not take a publication; nothing was published."""
+
+
+class BrokerHandler(Protocol):
+    """The instance side of the broker: called on the event loop, must not block."""
+
+    def on_event(self, room: str, event: Event) -> None:
+        """An event was published to ``room``, which this instance subscribes to."""
+
+    def on_resync(self) -> None:
+        """Events may have been lost (say, a reconnect): re-read what matters."""
+
+
+class Broker(Protocol):
+    async def start(self, handler: BrokerHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, room: str) -> None:
+        """Receive ``room``'s events from now on (idempotent per room)."""
+
+    async def unsubscribe(self, room: str) -> None: ...
+
+    async def publish(self, room: str, event: Event) -> None:
+        """Send an event to every instance subscribed to ``room``."""
+
+    async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
+        """Publish many events at once (one round trip where the backend allows)."""
+
+    async def ping(self) -> None:
+        """Raise ``BrokerUnavailable`` unless the broker answers."""

@@ -1,0 +1,410 @@
+"""Redis broker: instances fan out to each other through Redis pub/sub.
+
+Delivery is at most once (see ``broker.py``). An instance hands its own
+publications to its local rooms directly, before Redis is asked, and skips their
+echo: so one instance keeps serving its own clients through a Redis outage, and a
+push crosses Redis once, encoded once (msgpack).
+
+Subscriptions follow the rooms this instance's connections are in. The broker
+keeps that wanted set; a supervisor task connects, subscribes to all of it and
+listens. When anything fails (a dropped connection, a server that stops answering
+pings, a cluster slot that moved) it tears everything down, waits (capped
+exponential backoff with jitter), starts again, and then asks the node to resync:
+events may have been lost meanwhile, and room messages are re-read from the store.
+``subscribe`` and ``unsubscribe`` never fail; they change the wanted set and, when
+connected, the live subscription.
+
+On a Redis Cluster (``redis+cluster://host:port``) it uses sharded pub/sub:
+SPUBLISH, and one SSUBSCRIBE connection per master for the channels whose slots
+it owns, so fan-out grows with the number of shards instead of every node
+relaying every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from .broker import BrokerHandler, BrokerUnavailable
+from .events import Event, EventFormatError, pack_event, unpack_event
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+# Exceptions that mean "Redis cannot be used right now".
+OUTAGES = (RedisError, OSError, TimeoutError, ConnectionError)
+
+Client = Redis | RedisCluster
+
+
+class _Resubscribe(Exception):
+    """The subscriptions must be rebuilt (a slot moved, a subscribe failed)."""
+
+
+class _Shard:
+    """One Redis server's subscriber connection and the channels it carries."""
+
+    def __init__(self, client: Redis, sharded: bool, name: str) -> None:
+        self.client = client
+        self.sharded = sharded
+        self.name = name
+        self.pubsub: PubSub = client.pubsub()
+        self.channels: set[str] = set()
+        self.listener: asyncio.Task[None] | None = None
+
+    async def subscribe(self, channels: Sequence[str]) -> None:
+        if not channels:
+            return
+        if self.sharded:
+            # SSUBSCRIBE takes channels of one slot at a time.
+            for channel in channels:
+                await self.pubsub.ssubscribe(channel)
+        else:
+            await self.pubsub.subscribe(*channels)
+        self.channels.update(channels)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        if self.sharded:
+            await self.pubsub.sunsubscribe(channel)
+        else:
+            await self.pubsub.unsubscribe(channel)
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+            await asyncio.wait([self.listener])
+        with contextlib.suppress(*OUTAGES):
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(*OUTAGES):
+            await self.client.aclose()
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        origin: str,
+        timeout: float,
+        prefix: str,
+        node_client: Callable[[str, int], Redis],
+    ) -> None:
+        self._client = client
+        self._sharded = isinstance(client, RedisCluster)
+        self._origin = origin
+        self._timeout = timeout
+        self._prefix = prefix + ":"
+        self._node_client = node_client
+        self._handler: BrokerHandler | None = None
+        self._wanted: set[str] = set()
+        self._shards: dict[str, _Shard] = {}
+        self._connected = False
+        self._rebuild = asyncio.Event()
+        self._failure: BaseException | None = None
+        # Subscriptions sent and not yet confirmed by Redis: channel -> waiters.
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    # The seam ------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerHandler) -> None:
+        self._handler = handler
+        self._supervisor = asyncio.create_task(self._supervise(), name="redis-subscriber")
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.wait([self._supervisor])
+            self._supervisor = None
+        await self._close_shards()
+        with contextlib.suppress(*OUTAGES):
+            await self._client.aclose()
+
+    async def subscribe(self, room: str) -> None:
+        self._wanted.add(room)
+        if not self._connected:
+            return  # the supervisor subscribes everything wanted when it connects
+        channel = self._prefix + room
+        # Returns once Redis confirms: the hub reads the store only after that, so
+        # nothing published in between can slip past this instance.
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(channel, []).append(confirmed)
+        try:
+            async with asyncio.timeout(self._timeout):
+                shard = await self._shard_for(channel)
+                await shard.subscribe([channel])
+                if shard.listener is None:  # the first channel on this cluster node
+                    self._start_listening(shard)
+                await confirmed
+        except (*OUTAGES, _Resubscribe) as error:
+            log.warning("subscribe to %s failed, resubscribing everything: %r", room, error)
+            self._rebuild.set()
+        finally:
+            waiters = self._confirming.get(channel, [])
+            if confirmed in waiters:
+                waiters.remove(confirmed)
+            if not waiters:
+                self._confirming.pop(channel, None)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._wanted.discard(room)
+        if not self._connected:
+            return
+        channel = self._prefix + room
+        for shard in self._shards.values():
+            if channel in shard.channels:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await shard.unsubscribe(channel)
+                except OUTAGES as error:
+                    # A stale subscription only brings events the hub ignores.
+                    log.info("unsubscribe from %s failed: %r", room, error)
+
+    async def publish(self, room: str, event: Event) -> None:
+        self._deliver_locally(room, event)
+        data = pack_event(self._origin, event)
+        await self._send(self._publish_one(self._prefix + room, data))
+
+    async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
+        for room, event in events:
+            self._deliver_locally(room, event)
+        batch = [(self._prefix + room, pack_event(self._origin, event)) for room, event in events]
+        if batch:
+            await self._send(self._publish_batch(batch))
+
+    async def ping(self) -> None:
+        await self._send(self._client.ping())
+        if not self._connected:
+            raise BrokerUnavailable("subscriptions are not connected")
+
+    # Publishing ----------------------------------------------------------------------
+
+    def _deliver_locally(self, room: str, event: Event) -> None:
+        if self._handler is not None:
+            self._handler.on_event(room, event)
+
+    async def _send(self, call: Awaitable[Any]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await call
+        except OUTAGES as error:
+            raise BrokerUnavailable(f"redis: {error!r}") from error
+
+    async def _publish_one(self, channel: str, data: bytes) -> None:
+        if self._sharded:
+            await self._client.spublish(channel, data)
+        else:
+            await self._client.publish(channel, data)
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        if not self._sharded:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for channel, data in batch:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+            return
+        # One pipeline per master, for the channels whose slots it owns.
+        assert isinstance(self._client, RedisCluster)
+        by_node: dict[str, list[tuple[str, bytes]]] = {}
+        for channel, data in batch:
+            host, port = self._owner_of(channel)
+            by_node.setdefault(f"{host}:{port}", []).append((channel, data))
+        await asyncio.gather(*(self._publish_on_node(n, items) for n, items in by_node.items()))
+
+    async def _publish_on_node(self, node: str, items: list[tuple[str, bytes]]) -> None:
+        shard = self._shards.get(node)
+        client = shard.client if shard is not None else None
+        if client is None:
+            host, _, port = node.rpartition(":")
+            client = self._node_client(host, int(port))
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for channel, data in items:
+                    pipe.spublish(channel, data)
+                await pipe.execute()
+        finally:
+            if shard is None:
+                await client.aclose()
+
+    # Subscribing ---------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                await self._connect()
+                delay = BACKOFF_MIN
+                await self._listen_until_failure()
+            except (*OUTAGES, _Resubscribe) as error:
+                log.warning("redis subscriptions lost (%r); reconnecting", error)
+            except Exception:
+                # A bug must not end fan-out for good: log it and start over.
+                log.exception("redis subscriber failed; reconnecting")
+            finally:
+                self._connected = False
+                await self._close_shards()
+            self.reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _connect(self) -> None:
+        async with asyncio.timeout(self._timeout * 3):
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            self._rebuild.clear()
+            subscribed: set[str] = set()
+            # Rooms may be wanted or dropped while we subscribe: go until it settles.
+            while True:
+                missing = self._wanted - subscribed
+                extra = subscribed - self._wanted
+                if not missing and not extra:
+                    break
+                await self._subscribe_all(missing)
+                subscribed |= missing
+                for room in extra:
+                    channel = self._prefix + room
+                    for shard in self._shards.values():
+                        if channel in shard.channels:
+                            await shard.unsubscribe(channel)
+                subscribed -= extra
+            if not self._shards:
+                # With nothing to subscribe, still hold a connection so that an
+                # outage shows (pings fail) and ends in a resync.
+                idle = self._prefix + "-"
+                shard = await self._shard_for(idle)
+                if self._sharded:
+                    await shard.subscribe([idle])
+            await self._barrier()
+        for shard in self._shards.values():
+            self._start_listening(shard)
+        self._connected = True
+        if self._wanted and self._handler is not None:
+            self._handler.on_resync()
+
+    async def _barrier(self) -> None:
+        """Wait until Redis has applied every subscription sent so far.
+
+        Redis answers a connection's commands in order, so the answer to a PING
+        sent after the SUBSCRIBEs means they are in force. Messages read while
+        waiting are delivered as usual.
+        """
+        for shard in self._shards.values():
+            await shard.pubsub.ping()
+            while True:
+                message = await shard.pubsub.get_message(timeout=self._timeout)
+                if message is None:
+                    raise TimeoutError(f"{shard.name} did not answer a ping")
+                if message["type"] == "pong":
+                    break
+                self._handle(shard, message)
+
+    async def _subscribe_all(self, rooms: set[str]) -> None:
+        by_shard: dict[str, list[str]] = {}
+        for room in rooms:
+            channel = self._prefix + room
+            shard = await self._shard_for(channel)
+            by_shard.setdefault(shard.name, []).append(channel)
+        for name, channels in by_shard.items():
+            await self._shards[name].subscribe(channels)
+
+    async def _shard_for(self, channel: str) -> _Shard:
+        """The subscriber connection that carries ``channel``, opened on first use."""
+        if isinstance(self._client, RedisCluster):
+            host, port = self._owner_of(channel)
+        else:
+            kwargs = self._client.connection_pool.connection_kwargs
+            host, port = kwargs.get("host", "localhost"), int(kwargs.get("port", 6379))
+        name = f"{host}:{port}"
+        shard = self._shards.get(name)
+        if shard is None:
+            shard = self._shards[name] = _Shard(self._node_client(host, port), self._sharded, name)
+            if not self._sharded:
+                # A plain PubSub reads nothing until it subscribes to something.
+                await shard.pubsub.subscribe(self._prefix + "-")
+        return shard
+
+    def _owner_of(self, channel: str) -> tuple[str, int]:
+        """The cluster master that owns the channel's slot."""
+        assert isinstance(self._client, RedisCluster)
+        node = self._client.get_node_from_key(channel)
+        if node is None:
+            raise _Resubscribe(f"no node owns the slot of {channel}")
+        return node.host, int(node.port)
+
+    def _start_listening(self, shard: _Shard) -> None:
+        shard.listener = asyncio.create_task(self._listen(shard), name=f"redis-{shard.name}")
+        shard.listener.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self._failure = task.exception() or _Resubscribe("a listener stopped")
+        self._rebuild.set()
+
+    async def _listen_until_failure(self) -> None:
+        """Wait until a listener fails or the subscriptions must be rebuilt."""
+        self._failure = None
+        await self._rebuild.wait()
+        raise self._failure or _Resubscribe("subscriptions changed")
+
+    async def _listen(self, shard: _Shard) -> None:
+        """Read one connection's messages; raise when it breaks or stops answering."""
+        pubsub = shard.pubsub
+        heard = time.monotonic()
+        pinged_at: float | None = None
+        quiet = max(self._timeout / 2, 0.5)
+        while True:
+            message = await pubsub.get_message(timeout=quiet / 2)
+            now = time.monotonic()
+            if message is None:
+                if pinged_at is not None and now - pinged_at > self._timeout:
+                    raise TimeoutError(f"{shard.name} stopped answering pings")
+                if pinged_at is None and now - heard > quiet:
+                    pinged_at = now
+                    await pubsub.ping()
+                continue
+            heard = now
+            pinged_at = None
+            self._handle(shard, message)
+
+    def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in {"message", "smessage"}:
+            self._on_message(message["channel"], message["data"])
+        elif kind in {"subscribe", "ssubscribe"}:
+            for waiter in self._confirming.pop(message["channel"].decode(), []):
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif kind == "sunsubscribe":
+            channel = message["channel"].decode()
+            if channel.removeprefix(self._prefix) in self._wanted and channel in shard.channels:
+                # Redis dropped it: its slot moved to another shard.
+                raise _Resubscribe(f"{channel} moved")
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        room = channel.decode()[len(self._prefix) :]
+        try:
+            origin, event = unpack_event(data)
+        except EventFormatError as error:
+            log.warning("dropped a broker message on %s: %s", room, error)
+            return
+        if origin != self._origin and self._handler is not None:
+            self._handler.on_event(room, event)
+
+    async def _close_shards(self) -> None:
+        shards = list(self._shards.values())
+        self._shards.clear()
+        for shard in shards:
+            await shard.close()

@@ -1,0 +1,121 @@
+"""Command line: ``serve``, ``token`` and ``migrate``.
+
+python -m realtime serve --config config.toml
+python -m realtime token alice [--room swap:1] [--ttl 3600]
+python -m realtime migrate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from storage import create_store
+
+from .app import create_app
+from .app_keys import NODE
+from .auth import USER_ID, Authenticator
+from .config import ConfigError, Settings, load_settings
+from .listener import FirstRequest
+from .ws import websocket_protocol
+
+log = logging.getLogger("realtime")
+DEFAULT_CONFIG = "config.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m realtime", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run one instance")
+    token = commands.add_parser("token", help="mint a token from the configured secret")
+    token.add_argument("user")
+    token.add_argument("--room", help="make it a room token for this room")
+    token.add_argument("--ttl", type=int, help="seconds until it expires (default auth.token_ttl)")
+    migrate = commands.add_parser("migrate", help="apply schema migrations and exit")
+    for command in (serve, token, migrate):
+        command.add_argument(
+            "--config",
+            help=f"settings file (default: {DEFAULT_CONFIG} when it exists)",
+        )
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args.config, auth=args.command != "migrate")
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        if not USER_ID.fullmatch(args.user):
+            print("user must match [A-Za-z0-9_.:-]{1,128}", file=sys.stderr)
+            return 2
+        print(Authenticator(settings.auth).mint(args.user, room=args.room, ttl=args.ttl))
+        return 0
+    _configure_logging(settings)
+    if args.command == "migrate":
+        uvloop.run(_migrate(settings))
+        return 0
+    uvloop.run(serve_forever(settings))
+    return 0
+
+
+def _settings(path: str | None, *, auth: bool) -> Settings:
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    return load_settings(path, auth=auth)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    store = create_store(settings.storage.dsn, timeout=settings.storage.timeout)
+    await store.open()
+    try:
+        applied = await store.migrate()
+    finally:
+        await store.close()
+    log.info("migrations applied: %s", applied or "none (schema is current)")
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and exit."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        http = runner.server
+        assert http is not None
+        websocket = websocket_protocol(app[NODE])
+        listener = await loop.create_server(
+            lambda: FirstRequest(http, websocket),
+            settings.server.host,
+            settings.server.port,
+            backlog=4096,
+            reuse_address=True,
+        )
+        log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
+        await stop.wait()
+        log.info("stopping: draining connections")
+        listener.close()  # accept nothing new; the drain closes what is open
+    finally:
+        await runner.cleanup()
+    log.info("stopped")

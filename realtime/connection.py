@@ -1,0 +1,226 @@
+"""One client connection as the rest of the server sees it.
+
+Writes are ready-made frames: no task, queue or coroutine per message. Frames for
+one connection that come up in the same event-loop iteration leave in one write at
+the end of it (``Outbox``): a burst of pushes (a join storm's presence events, a
+batch of messages committed together) costs one system call per connection, not
+one per push. The transport's own buffer is the per-connection send buffer; when
+it grows past the limit the reader is too slow and the connection closes with
+4009, so one slow client never holds up anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from protocol import CloseCode, Codec
+from protocol.outgoing import Outgoing
+
+from .frames import encode_frame
+
+if TYPE_CHECKING:
+    from .auth import Identity
+
+CloseCallback = Callable[[int, str], None]
+
+
+class Outbox:
+    """Connections with frames waiting; all written at the end of the loop iteration."""
+
+    __slots__ = ("_dirty", "_schedule", "_scheduled")
+
+    def __init__(self, schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """``schedule`` runs the flush later; by default at the end of this loop iteration."""
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+        self._schedule = schedule or (lambda flush: asyncio.get_running_loop().call_soon(flush))
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self.flush)
+
+    def broadcast(self, conns: Iterable[Connection], frame: bytes) -> int:
+        """Queue one frame for many connections: ``send_frame`` without the calls.
+
+        This is the fan-out loop, run once per recipient per push: it touches only
+        what it must. Connections that hold pushes back or are closing take the
+        ordinary path.
+        """
+        dirty = self._dirty
+        marked = len(dirty)
+        count = 0
+        for conn in conns:
+            if conn._held is None and not conn.closing:
+                pending = conn._pending
+                if pending is None:
+                    conn._pending = [frame]
+                    dirty.append(conn)
+                else:
+                    pending.append(frame)
+                count += 1
+            else:
+                count += conn.send_frame(frame)
+        if len(dirty) > marked and not self._scheduled:
+            self._scheduled = True
+            self._schedule(self.flush)
+        return count
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for conn in dirty:
+            pending = conn._pending
+            conn._pending = None
+            if pending is None or conn.closing:
+                continue
+            transport = conn._transport
+            if transport.is_closing():
+                continue
+            if transport.get_write_buffer_size() > conn.buffer_limit:
+                conn.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+                continue
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+
+class Connection:
+    __slots__ = (
+        "_held",
+        "_held_bytes",
+        "_on_close",
+        "_outbox",
+        "_pending",
+        "_transport",
+        "buffer_limit",
+        "busy",
+        "closing",
+        "codec",
+        "deadline",
+        "granted",
+        "id",
+        "identity",
+        "last_seen",
+        "rooms",
+        "typing",
+    )
+
+    def __init__(
+        self,
+        connection_id: str,
+        transport: asyncio.Transport,
+        codec: Codec,
+        buffer_limit: int,
+        on_close: CloseCallback,
+        outbox: Outbox,
+    ) -> None:
+        self.id = connection_id
+        self.codec = codec
+        self.buffer_limit = buffer_limit
+        self.identity: Identity | None = None
+        self.rooms: set[str] = set()
+        # Rooms joined with a room token (the "members" send rule holds without a
+        # store lookup), and rooms where this connection is typing. Made on first
+        # use: most connections never need them.
+        self.granted: set[str] | None = None
+        self.typing: set[str] | None = None
+        self.closing = False
+        # True while a command of this connection is being carried out (SIGTERM
+        # waits for it before closing).
+        self.busy = False
+        self.last_seen = time.monotonic()
+        # When the token expires (Unix time, leeway included); see expiry.py.
+        self.deadline = 0.0
+        self._transport = transport
+        self._on_close = on_close
+        self._outbox = outbox
+        self._pending: list[bytes] | None = None
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+
+    @property
+    def user(self) -> str:
+        assert self.identity is not None, "connection is not authenticated"
+        return self.identity.user
+
+    @property
+    def authenticated(self) -> bool:
+        return self.identity is not None
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue a ready frame for this iteration's write; False when closing."""
+        if self.closing:
+            return False
+        if self._held is not None:
+            return self._hold_frame(frame)
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+            self._outbox.mark(self)
+        else:
+            pending.append(frame)
+        return True
+
+    def flush(self) -> None:
+        """Write what this iteration queued, in one write (``Outbox`` calls it)."""
+        pending = self._pending
+        self._pending = None
+        if pending is None or self.closing:
+            return
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.buffer_limit:
+            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def send(self, message: Outgoing) -> bool:
+        return self.send_frame(encode_frame(self.codec, message))
+
+    def reply(self, message: Outgoing) -> bool:
+        """Queue a reply ahead of any pushes being held (see ``hold``)."""
+        if self.closing:
+            return False
+        held, self._held = self._held, None
+        try:
+            return self.send(message)
+        finally:
+            self._held = held
+
+    def hold(self) -> None:
+        """Keep pushes back until ``release``: a join's reply goes out before its pushes."""
+        if self._held is None:
+            self._held = []
+            self._held_bytes = 0
+
+    def release(self) -> None:
+        held = self._held
+        self._held = None
+        if held:
+            self.send_frame(b"".join(held))
+
+    def _hold_frame(self, frame: bytes) -> bool:
+        assert self._held is not None
+        self._held.append(frame)
+        self._held_bytes += len(frame)
+        if self._held_bytes > self.buffer_limit:
+            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+            return False
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing with a close code; idempotent, returns at once."""
+        if self.closing:
+            return
+        # What was queued before the close still goes out, ahead of the close frame.
+        self.flush()
+        self.closing = True
+        self._on_close(code, reason)
+
+    def __repr__(self) -> str:
+        user = self.identity.user if self.identity else "-"
+        return f"<Connection {self.id} user={user} {self.codec.subprotocol}>"

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one instance, in a registry of its own (not the global one).
+
+Hot paths count once per push or per batch, never once per recipient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge("realtime_connections", "Open WebSocket connections.", registry=r)
+        self.rooms = Gauge("realtime_rooms", "Rooms with local connections.", registry=r)
+        self.connects = Counter("realtime_connects", "Connections authenticated.", registry=r)
+        self.disconnects = Counter(
+            "realtime_disconnects", "Connections closed, by close code.", ["code"], registry=r
+        )
+        self.commands = Counter(
+            "realtime_commands",
+            "Commands handled, by op and result.",
+            ["op", "result"],
+            registry=r,
+        )
+        self.command_seconds = Histogram(
+            "realtime_command_seconds",
+            "Time to answer a command, by op.",
+            ["op"],
+            registry=r,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
+        )
+        self.deliveries = Counter(
+            "realtime_deliveries", "Pushes written to client sockets.", registry=r
+        )
+        self.messages = Counter(
+            "realtime_messages_stored", "Room messages stored by this instance.", registry=r
+        )
+        self.notifications = Counter(
+            "realtime_notifications_stored",
+            "Notifications stored by this instance.",
+            registry=r,
+        )
+        self.gap_fills = Counter(
+            "realtime_gap_fills", "Reads of missed room messages from the store.", registry=r
+        )
+        self.slow_consumers = Counter(
+            "realtime_slow_consumers", "Connections closed for not reading (4009).", registry=r
+        )
+        self.rate_limited = Counter(
+            "realtime_rate_limited", "Commands refused by the rate limit.", registry=r
+        )
+        self.bad_frames = Counter(
+            "realtime_bad_frames", "Frames that were not valid messages.", registry=r
+        )
+        self.broker_errors = Counter(
+            "realtime_broker_errors", "Broker calls that failed.", ["op"], registry=r
+        )
+        self.storage_errors = Counter(
+            "realtime_storage_errors", "Store calls that failed (unavailable).", registry=r
+        )
+
+        # Labelled children, looked up once: labels() costs more than the count.
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._timings: dict[str, Any] = {}
+
+    def command_done(self, op: str, outcome: str, seconds: float | None = None) -> None:
+        """Count a command by op and outcome (ok or an error code), and time it."""
+        counter = self._outcomes.get((op, outcome))
+        if counter is None:
+            counter = self._outcomes[op, outcome] = self.commands.labels(op, outcome)
+        counter.inc()
+        if seconds is not None:
+            timing = self._timings.get(op)
+            if timing is None:
+                timing = self._timings[op] = self.command_seconds.labels(op)
+            timing.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,376 @@
+"""``GET /ws``: the only code that touches a WebSocket.
+
+The WebSocket protocol itself is python-websockets' Sans-I/O core: bytes go in,
+frames come out, and the bytes it wants written (handshake response, pongs,
+close frames) are written to the transport. This module is the few lines that
+feed it and hand complete messages to the session. Pushes and replies do not pass
+through here: ``Connection`` writes ready frames straight to the transport.
+
+A connection costs no task while it is idle: a task is started when a message
+arrives and ends when the messages waiting are handled (in order; see
+``Session.handle_frames``). When ``INBOX_LIMIT`` wait, the socket stops being read
+until they are taken, so a fast sender meets TCP backpressure, not an unbounded
+queue.
+
+Connections arrive two ways: ``listener.py`` gives us a fresh TCP connection
+whose first request is ``GET /ws`` (the usual way; no HTTP framework objects stay
+alive for the life of the socket), and the aiohttp route below takes an upgrade
+that arrived on a kept-alive HTTP connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from websockets.datastructures import Headers
+from websockets.frames import CloseCode as WebSocketCloseCode
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, Side, State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from protocol import CODECS, JSON, SUBPROTOCOLS, CloseCode
+
+from .app_keys import NODE
+from .connection import Connection
+from .frames import close_reason
+from .node import Node
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+INBOX_LIMIT = 32
+_SUBPROTOCOLS = [Subprotocol(name) for name in SUBPROTOCOLS]
+
+
+class _Frames(Protocol):
+    """The data phase of a server connection; an oversized frame closes with 4008."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == WebSocketCloseCode.MESSAGE_TOO_BIG:
+            code, reason = CloseCode.LIMIT, "frame too large"
+        super().fail(code, reason)
+
+
+def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
+    """The response to an upgrade request, and the subprotocol chosen (if accepted)."""
+    settings = node.settings.server
+    if request.path.partition("?")[0] != "/ws":
+        return _refusal(404, "not_found", "WebSocket endpoint is /ws"), None
+    origin = request.headers.get("Origin")
+    allowed = settings.allowed_origins
+    if origin is not None and allowed and "*" not in allowed and origin not in allowed:
+        return _refusal(403, "forbidden", f"origin {origin} is not allowed"), None
+    if node.draining:
+        return _refusal(503, "unavailable", "server restarting: connect to another instance"), None
+    negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
+    response = negotiator.accept(request)
+    return response, negotiator.subprotocol if response.status_code == 101 else None
+
+
+def _first_offered(_: ServerProtocol, offered: Any) -> Subprotocol | None:
+    """The client's first choice among ours; none offered means JSON, with no header."""
+    for name in offered:
+        if name in CODECS:
+            return Subprotocol(name)
+    return None
+
+
+def _refusal(status: int, code: str, message: str) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    headers = Headers(
+        [
+            ("Connection", "close"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(status, "", headers, body)
+
+
+def serialize(response: Response) -> bytes:
+    reason = response.reason_phrase or _PHRASES.get(response.status_code, "")
+    head = f"HTTP/1.1 {response.status_code} {reason}\r\n".encode()
+    return head + response.headers.serialize() + response.body
+
+
+_PHRASES = {
+    101: "Switching Protocols",
+    403: "Forbidden",
+    404: "Not Found",
+    503: "Service Unavailable",
+}
+
+
+class WebSocket:
+    """One open WebSocket: frames in, messages to the session, close handshake."""
+
+    __slots__ = (
+        "_close_timer",
+        "_fragments",
+        "_frames",
+        "_inbox",
+        "_node",
+        "_paused",
+        "_session",
+        "_transport",
+        "_worker",
+        "close_code",
+        "conn",
+        "finished",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        transport: asyncio.Transport,
+        subprotocol: str | None,
+        authorization: str | None,
+    ) -> None:
+        self._node = node
+        self._transport = transport
+        settings = node.settings.server
+        self._frames = _Frames(Side.SERVER, state=State.OPEN, max_size=settings.max_frame_bytes)
+        codec = CODECS.get(subprotocol or "", JSON)
+        self.conn = Connection(
+            secrets.token_hex(8),
+            transport,
+            codec,
+            settings.send_buffer_bytes,
+            self.close,
+            node.hub.outbox,
+        )
+        self._session = Session(node, self.conn)
+        self._fragments: list[bytes] | None = None
+        self._inbox: deque[bytes] = deque()
+        self._paused = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.close_code: int | None = None
+        self.finished = asyncio.get_running_loop().create_future()
+        node.hub.add_connection(self.conn)
+        # The session opens (header auth, user room) before any message is handled.
+        self._worker: asyncio.Task[None] | None = asyncio.create_task(
+            self._work(self._session.open(authorization))
+        )
+
+    # Input -------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        self.conn.last_seen = time.monotonic()
+        frames = self._frames
+        frames.receive_data(data)
+        for frame in frames.events_received():
+            self._on_frame(cast(Frame, frame))  # past the handshake: frames only
+        self._flush()
+
+    def receive_eof(self) -> None:
+        self._frames.receive_eof()
+        self._flush()
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._enqueue(bytes(frame.data))
+            else:
+                self._fragments = [bytes(frame.data)]
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                message = b"".join(self._fragments)
+                self._fragments = None
+                self._enqueue(message)
+        elif opcode is Opcode.CLOSE and self.close_code is None:
+            received = self._frames.close_rcvd
+            self.close_code = received.code if received is not None else None
+
+    def _enqueue(self, message: bytes) -> None:
+        if self.conn.closing:
+            return
+        self._inbox.append(message)
+        if len(self._inbox) >= INBOX_LIMIT and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(None))
+
+    async def _work(self, first: Any) -> None:
+        """Handle waiting messages in order; the task ends when none are left."""
+        session = self._session
+        try:
+            if first is not None:
+                await first
+            inbox = self._inbox
+            while inbox and not self.conn.closing:
+                frames = list(inbox)
+                inbox.clear()
+                if self._paused:
+                    self._paused = False
+                    self._transport.resume_reading()
+                await session.handle_frames(frames)
+        except Exception:
+            log.exception("connection %s failed", self.conn)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._worker = None
+
+    # Output ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self._transport
+        for data in self._frames.data_to_send():
+            if data:
+                transport.write(data)
+            elif not transport.is_closing():
+                # End of the closing handshake (or a failure): half-close, and let
+                # the client close the TCP connection, or drop it when it won't.
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+                self._arm_close_timer()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (``Connection``'s close callback)."""
+        frames = self._frames
+        if frames.state is State.OPEN:
+            self.close_code = code
+            frames.send_close(code, close_reason(reason).decode())
+            self._flush()
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None:
+            timeout = self._node.settings.server.close_timeout
+            self._close_timer = asyncio.get_running_loop().call_later(
+                timeout, self._transport.abort
+            )
+
+    # End ---------------------------------------------------------------------------
+
+    def lost(self) -> None:
+        """The TCP connection is gone: forget the session (in a task the node owns)."""
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self.conn.closing = True
+        self._node.spawn(self._finish(), f"close {self.conn.id}")
+
+    async def _finish(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.cancel()
+            await asyncio.wait([worker])
+        try:
+            await self._session.close()
+        finally:
+            code = self.close_code or WebSocketCloseCode.ABNORMAL_CLOSURE
+            self._node.metrics.disconnects.labels(str(code)).inc()
+            if not self.finished.done():
+                self.finished.set_result(None)
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """A TCP connection that is a WebSocket from its first request on."""
+
+    __slots__ = ("_handshake", "_node", "_transport", "_ws")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._transport: asyncio.Transport | None = None
+        self._handshake: ServerProtocol | None = None
+        self._ws: WebSocket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._handshake = ServerProtocol(max_size=self._node.settings.server.max_frame_bytes)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ws is not None:
+            self._ws.receive(data)
+            return
+        handshake_protocol = self._handshake
+        assert handshake_protocol is not None and self._transport is not None
+        handshake_protocol.receive_data(data)
+        for event in handshake_protocol.events_received():
+            if isinstance(event, Request):
+                self._upgrade(event, handshake_protocol)
+                return
+        if handshake_protocol.state is not State.CONNECTING:
+            self._transport.close()  # not HTTP at all
+
+    def _upgrade(self, request: Request, handshake_protocol: ServerProtocol) -> None:
+        transport = self._transport
+        assert transport is not None
+        response, subprotocol = handshake(self._node, request)
+        transport.write(serialize(response))
+        self._handshake = None
+        if response.status_code != 101:
+            transport.close()
+            return
+        ws = self._ws = WebSocket(
+            self._node, transport, subprotocol, request.headers.get("Authorization")
+        )
+        # Clients wait for the 101 before sending frames; anything already here is theirs.
+        leftover = bytes(handshake_protocol.reader.buffer)
+        if leftover:
+            ws.receive(leftover)
+
+    def eof_received(self) -> bool | None:
+        if self._ws is not None:
+            self._ws.receive_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ws is not None:
+            self._ws.lost()
+            self._ws = None
+
+
+def websocket_protocol(node: Node) -> Callable[[], WebSocketProtocol]:
+    return lambda: WebSocketProtocol(node)
+
+
+# The upgrade that arrives on a kept-alive HTTP connection ---------------------------------
+
+
+class _FeedFromAiohttp:
+    """aiohttp's connection hands us the upgraded socket's bytes through its parser slot."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._ws.receive(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._ws.receive_eof()
+        self._ws.lost()
+
+
+async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    transport = request.transport
+    if transport is None:
+        return web.Response(status=400)
+    upgrade = Request(request.path_qs, Headers(request.headers.items()))
+    response, subprotocol = handshake(node, upgrade)
+    if response.status_code != 101:
+        return web.Response(
+            status=response.status_code, body=response.body, content_type="application/json"
+        )
+    reply = web.StreamResponse(status=101, headers=dict(response.headers.raw_items()))
+    await reply.prepare(request)
+    ws = WebSocket(node, transport, subprotocol, request.headers.get("Authorization"))
+    request.protocol.set_parser(cast(Any, _FeedFromAiohttp(ws)))
+    await ws.finished
+    return reply

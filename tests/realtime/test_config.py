@@ -1,0 +1,80 @@
+"""Settings: the shipped config.toml is the defaults; bad settings are named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from realtime.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"REALTIME_AUTH_SECRET": "s" * 32}
+
+
+def test_config_toml_documents_exactly_the_defaults() -> None:
+    assert load_settings(ROOT / "config.toml", ENV) == Settings(auth=load_settings(None, ENV).auth)
+
+
+def test_every_setting_is_in_config_toml() -> None:
+    text = (ROOT / "config.toml").read_text()
+    settings = load_settings(None, ENV)
+    for section in ("server", "auth", "storage", "broker", "presence", "delivery"):
+        assert f"[{section}]" in text
+        for key in getattr(settings, section).__dataclass_fields__:
+            assert f"\n{key} = " in text, f"{section}.{key} is not documented in config.toml"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = 9000\n[auth]\nsecret = "' + "f" * 40 + '"\n')
+    settings = load_settings(
+        path,
+        {
+            "REALTIME_SERVER_PORT": "9100",
+            "REALTIME_AUTH_SERVICE_KEYS": "k" * 16 + ", " + "j" * 16,
+            "REALTIME_SERVER_ALLOWED_ORIGINS": "https://a.example",
+            "REALTIME_STORAGE_DSN": "postgresql://x@y/z",
+            "REALTIME_DELIVERY_GAP_TIMEOUT": "0.5",
+        },
+    )
+    assert settings.server.port == 9100
+    assert settings.auth.service_keys == ["k" * 16, "j" * 16]
+    assert settings.server.allowed_origins == ["https://a.example"]
+    assert settings.storage.dsn == "postgresql://x@y/z"
+    assert settings.delivery.gap_timeout == 0.5
+    assert settings.auth.secret == "f" * 40
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ("[server]\nprot = 1\n", {}, "server.prot"),
+        ("[serve]\nport = 1\n", {}, "[serve]"),
+        ('[server]\nport = "80"\n', {}, "server.port"),
+        ("[server]\nport = true\n", {}, "server.port"),
+        ("[server]\nping_timeout = 1.0\n", {}, "server.ping_timeout"),
+        ('[server]\nlog_level = "loud"\n', {}, "server.log_level"),
+        ('[namespaces.swap]\njoin = "friends"\n', {}, "namespaces.swap.join"),
+        ("[namespaces.swap]\ncolour = 1\n", {}, "namespaces.swap.colour"),
+        ('[storage]\ndsn = "mysql://x"\n', {}, "storage.dsn"),
+        ('[auth]\nalgorithms = ["none"]\n', {}, "auth.algorithms"),
+        ("", {"REALTIME_SERVER_PROT": "1"}, "REALTIME_SERVER_PROT"),
+        ("", {"REALTIME_NOPE_X": "1"}, "REALTIME_NOPE_X"),
+        ("", {"REALTIME_SERVER_PORT": "eighty"}, "REALTIME_SERVER_PORT"),
+        ("[server\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_settings_stop_start_up_naming_the_setting(
+    tmp_path: Path, text: str, env: dict[str, str], named: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(path, {**ENV, **env})
+
+
+def test_a_secret_is_required_for_hs256() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.secret"):
+        load_settings(None, {})

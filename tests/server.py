@@ -1,0 +1,177 @@
+"""Real server processes for end-to-end tests (and benchmarks): start, SIGTERM, kill."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-" + "x" * 20
+SERVICE_KEY = "test-service-key-0123456789"
+
+
+class ServerProcess:
+    """``python -m realtime serve`` in a child process, configured by environment."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        dsn: str = "",
+        broker_url: str = "",
+        env: dict[str, str] | None = None,
+        config_text: str | None = None,
+        port: int | None = None,
+        name: str = "server",
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.name = name
+        self.dsn = dsn or f"sqlite:///{workdir / 'realtime.db'}"
+        self.config_path = workdir / f"{name}.toml"
+        self.config_path.write_text(config_text or "")
+        self.log_path = workdir / f"{name}.log"
+        self.env = {
+            "REALTIME_SERVER_PORT": str(self.port),
+            "REALTIME_SERVER_INSTANCE_ID": name,
+            "REALTIME_AUTH_SECRET": SECRET,
+            "REALTIME_AUTH_SERVICE_KEYS": SERVICE_KEY,
+            "REALTIME_STORAGE_DSN": self.dsn,
+            "REALTIME_BROKER_URL": broker_url,
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        # Prepended to the command, e.g. ["taskset", "-c", "0"] to pin it to a CPU.
+        self.command_prefix: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 30.0) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+        environment.update(self.env)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                *self.command_prefix,
+                sys.executable,
+                "-m",
+                "realtime",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{self.name} did not answer /healthz in {timeout}s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate(timeout=15)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # Credentials ---------------------------------------------------------------------
+
+    def token(self, user: str, *, ttl: float = 3600, **claims: Any) -> str:
+        now = int(time.time())
+        payload: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl, **claims}
+        return jwt.encode(payload, SECRET, algorithm="HS256")
+
+    # REST ------------------------------------------------------------------------------
+
+    async def rest(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = SERVICE_KEY,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """One HTTP call; returns (status, parsed JSON, or text, or None)."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        all_headers = dict(headers or {})
+        if data is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+        if key is not None:
+            all_headers["Authorization"] = f"Bearer {key}"
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, self.url + path, data=data, headers=all_headers) as response,
+        ):
+            return response.status, _parse(await response.read())
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def unique(prefix: str) -> str:
+    """A fresh id so tests sharing a server never share rooms or users."""
+    return f"{prefix}{secrets.token_hex(4)}"
