@@ -1,0 +1,1 @@
+"""Deployment files: the nginx template (nginx.conf) and its renderer (nginx_conf.py)."""
