@@ -8,7 +8,7 @@ CONFIG ?= config.toml
 
 .PHONY: run test lint setup setup-test token env clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt
 	./scripts/system-packages run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

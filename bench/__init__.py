@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that start servers and measure them with the load generator."""

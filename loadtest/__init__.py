@@ -1,0 +1,1 @@
+"""A load generator for any realtime deployment: ``python -m loadtest SCENARIO --url ...``."""
