@@ -220,6 +220,9 @@ def search(contender: Contender, point: Point, plan: Plan, tmp: Path) -> None:
         timeout = 60 + plan.duration + point.subscribers / 200
         args = ["fanout", "--subscribers", str(point.subscribers), "--rate", f"{rate:.3f}"]
         args += ["--duration", str(plan.duration), "--payload", str(PAYLOAD)]
+        # One publisher for every server: the same load shape (the servers started
+        # here lift realtime's per-connection rate limit).
+        args += ["--publishers", "1"]
         quiet = wait_for_quiet((SERVER_CPU, GENERATOR_CPU), QUIET, plan.quiet_wait)
         run = measure(contender, workdir, args, timeout)
         attempt = judge(contender.name, point.subscribers, offered, run, quiet)

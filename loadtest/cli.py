@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     fanout.add_argument("--duration", "-d", type=float, default=10.0, help="seconds")
     fanout.add_argument("--payload", type=int, default=100, help="bytes of each message body")
     fanout.add_argument(
-        "--publishers", type=int, default=0, help="publisher connections (0: one per 40/s)"
+        "--publishers",
+        type=int,
+        default=0,
+        help="publisher connections (0: one per 40/s, at most 16 for an owned room)",
     )
     fanout.add_argument("--room", help="room to use (default: a fresh followers room, no presence)")
     fanout.add_argument("--drain", type=float, default=10.0, help="seconds to wait at the end")

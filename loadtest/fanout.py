@@ -96,8 +96,10 @@ async def _run(context: Context, options: FanoutOptions, pool: Pool, room: str) 
     ready = sum(c["connected"] for c in connected)
     connect_seconds = time.monotonic() - connect_started
     progress.note(f"{ready} of {options.subscribers} subscribers joined in {connect_seconds:.1f}s")
-    count = options.publishers or publisher_count(options.rate, context.target.protocol)
     owner = owner_of(room)
+    count = options.publishers or publisher_count(
+        options.rate, context.target.protocol, one_user=owner is not None
+    )
     users = [owner] * count if owner else context.users("pub", count)
     publishers = await open_publishers(context.target, users, room, options.payload)
     # Reads from here on: the set-up's (presence pushes, say) do not count.

@@ -30,10 +30,16 @@ PER_CONNECTION_RATE = 40.0
 BODY_OVERHEAD = len(b'{"t":1763900000000000000,"p":""}')
 
 
-def publisher_count(rate: float, protocol: str) -> int:
+PER_USER_CONNECTIONS = 16
+"""realtime's default connections per user: the cap when one user (a room's owner)
+publishes on every connection."""
+
+
+def publisher_count(rate: float, protocol: str, one_user: bool = False) -> int:
     if protocol == SOCKETIO:
         return 1
-    return max(1, math.ceil(rate / PER_CONNECTION_RATE))
+    count = max(1, math.ceil(rate / PER_CONNECTION_RATE))
+    return min(count, PER_USER_CONNECTIONS) if one_user else count
 
 
 def body(payload: int) -> Callable[[], orjson.Fragment]:

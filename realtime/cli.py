@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -113,6 +114,10 @@ async def serve_forever(settings: Settings) -> None:
             reuse_address=True,
         )
         log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
+        # What start-up made (modules, settings, the app) lives as long as the process:
+        # moved out of the collector's sight, every full collection, a pause for every
+        # connection, has that much less to walk.
+        gc.freeze()
         await stop.wait()
         log.info("stopping: draining connections")
         listener.close()  # accept nothing new; the drain closes what is open

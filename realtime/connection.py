@@ -58,10 +58,12 @@ class Outbox:
             if conn._held is None and not conn.closing:
                 pending = conn._pending
                 if pending is None:
-                    conn._pending = [frame]
+                    conn._pending = frame
                     dirty.append(conn)
-                else:
+                elif isinstance(pending, list):
                     pending.append(frame)
+                else:
+                    conn._pending = [pending, frame]
                 count += 1
             else:
                 count += conn.send_frame(frame)
@@ -74,17 +76,7 @@ class Outbox:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
         for conn in dirty:
-            pending = conn._pending
-            conn._pending = None
-            if pending is None or conn.closing:
-                continue
-            transport = conn._transport
-            if transport.is_closing():
-                continue
-            if transport.get_write_buffer_size() > conn.buffer_limit:
-                conn.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
-                continue
-            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            conn.flush()
 
 
 class Connection:
@@ -137,7 +129,10 @@ class Connection:
         self._transport = transport
         self._on_close = on_close
         self._outbox = outbox
-        self._pending: list[bytes] | None = None
+        # One frame as it is, several in a list: the usual single frame per iteration
+        # allocates no object the garbage collector tracks (a list per recipient per
+        # push made full collections frequent, and each one pauses every connection).
+        self._pending: bytes | list[bytes] | None = None
         self._held: list[bytes] | None = None
         self._held_bytes = 0
 
@@ -158,10 +153,12 @@ class Connection:
             return self._hold_frame(frame)
         pending = self._pending
         if pending is None:
-            self._pending = [frame]
+            self._pending = frame
             self._outbox.mark(self)
-        else:
+        elif isinstance(pending, list):
             pending.append(frame)
+        else:
+            self._pending = [pending, frame]
         return True
 
     def flush(self) -> None:
@@ -176,7 +173,7 @@ class Connection:
         if transport.get_write_buffer_size() > self.buffer_limit:
             self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
             return
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        transport.write(b"".join(pending) if isinstance(pending, list) else pending)
 
     def send(self, message: Outgoing) -> bool:
         return self.send_frame(encode_frame(self.codec, message))
