@@ -3,15 +3,16 @@
 Appends are group-committed. Concurrent ``append`` calls queue up; a batch takes
 everything queued and writes it in one transaction, and while batches are in
 flight (up to ``max_batches``, each on its own pool connection) the next one
-accumulates. A batch transaction:
+accumulates. A batch is one call of the
+``realtime_append`` function (migration 0002) between BEGIN and COMMIT:
 
-1. creates missing room rows (``INSERT … ON CONFLICT DO NOTHING``, random epoch);
+1. it creates missing room rows (``INSERT … ON CONFLICT DO NOTHING``, random epoch);
 2. locks the batch's room rows with ``SELECT … FOR UPDATE`` in sorted room order,
    so batches of any instance wait for each other instead of deadlocking;
 3. looks up the batch's client_ids among stored messages: with the room rows
    locked no other writer of these rooms is running, so what it finds is final;
-4. numbers the new messages in Python (deduplicating within the batch too),
-   updates ``last_seq`` and inserts them with one ``unnest`` statement.
+4. numbers the new messages (deduplicating within the batch too), updates
+   ``last_seq`` and inserts them, set-based, in one statement.
 
 The row lock serializes writers of a room until commit, so seqs are gapless and
 in commit order however many instances append. A batch that fails for a reason
@@ -125,30 +126,8 @@ async def _keep_session(conn: Any) -> None:
 _MESSAGE_COLUMNS = "room, seq, user_id, body, ts, client_id"
 _NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read"
 
-_ENSURE_ROOMS = """
-INSERT INTO rooms (room, last_seq, epoch)
-SELECT room, 0, epoch FROM unnest($1::text[], $2::text[]) AS r(room, epoch)
-ORDER BY room COLLATE "C"
-ON CONFLICT (room) DO NOTHING
-"""
 _LATEST_SEQS = "SELECT room, last_seq FROM rooms WHERE room = ANY($1::text[])"
-_LOCK_ROOMS = (
-    "SELECT room, last_seq FROM rooms WHERE room = ANY($1::text[]) ORDER BY room FOR UPDATE"
-)
-_FIND_CLIENT_IDS = f"""
-SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room, user_key, client_id)
-JOIN messages m ON m.room = k.room AND coalesce(m.user_id, '') = k.user_key
-    AND m.client_id = k.client_id
-"""
-_SET_LAST_SEQS = """
-UPDATE rooms SET last_seq = u.last_seq
-FROM unnest($1::text[], $2::bigint[]) AS u(room, last_seq) WHERE rooms.room = u.room
-"""
-_INSERT_MESSAGES = f"""
-INSERT INTO messages ({_MESSAGE_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[])
-"""
+_APPEND = "SELECT * FROM realtime_append($1, $2, $3, $4, $5, $6, $7)"
 _ENSURE_ROOM = (
     "INSERT INTO rooms (room, last_seq, epoch) VALUES ($1, 0, $2) ON CONFLICT (room) DO NOTHING"
 )
@@ -288,36 +267,6 @@ def _client_key(message: NewMessage | StoredMessage) -> _ClientKey | None:
     if message.client_id is None:
         return None
     return (message.room, message.user or "", message.client_id)
-
-
-def _number(
-    messages: Sequence[NewMessage],
-    last_seq: dict[str, int],
-    stored: dict[_ClientKey, StoredMessage],
-    ts: int,
-) -> tuple[list[Appended], list[StoredMessage]]:
-    """Give each new message its room's next seq; repeats get the first message back.
-
-    ``last_seq`` and ``stored`` are updated in place. Returns the results in input
-    order and the messages to insert.
-    """
-    results: list[Appended] = []
-    new: list[StoredMessage] = []
-    for message in messages:
-        key = _client_key(message)
-        first = stored.get(key) if key is not None else None
-        if first is not None:
-            results.append(Appended(first, duplicate=True))
-            continue
-        last_seq[message.room] += 1
-        msg = StoredMessage(
-            message.room, last_seq[message.room], message.user, message.body, ts, message.client_id
-        )
-        if key is not None:
-            stored[key] = msg
-        new.append(msg)
-        results.append(Appended(msg, duplicate=False))
-    return results, new
 
 
 @dataclass(eq=False, slots=True)
@@ -593,36 +542,32 @@ class PostgresStore:
 
     async def _write_batch(self, messages: list[NewMessage]) -> list[Appended]:
         rooms = sorted({m.room for m in messages})
-        keyed = [m for m in messages if m.client_id is not None]
+        ts = self._clock()
+        # BEGIN and COMMIT around the one call: a batch whose caller gave up (its
+        # deadline passed while PostgreSQL hung) is never committed, because the
+        # COMMIT is never sent; a lone statement would commit on its own.
         async with self._connection() as conn, self._transaction(conn):
-            await conn.execute(_ENSURE_ROOMS, rooms, [new_epoch() for _ in rooms])
-            last_seq = {row[0]: row[1] for row in await conn.fetch(_LOCK_ROOMS, rooms)}
-            stored: dict[_ClientKey, StoredMessage] = {}
-            if keyed:
-                rows = await conn.fetch(
-                    _FIND_CLIENT_IDS,
-                    [m.room for m in keyed],
-                    [m.user or "" for m in keyed],
-                    [m.client_id for m in keyed],
+            rows = await conn.fetch(
+                _APPEND,
+                rooms,
+                [new_epoch() for _ in rooms],
+                [m.room for m in messages],
+                [m.user for m in messages],
+                [m.body for m in messages],
+                [m.client_id for m in messages],
+                ts,
+            )
+        if len(rows) != len(messages):
+            raise StorageError(f"postgres: {len(rows)} results for {len(messages)} appends")
+        results = []
+        for message, (_, seq, user, body, stored_ts, duplicate) in zip(messages, rows, strict=True):
+            if duplicate:
+                first = StoredMessage(message.room, seq, user, body, stored_ts, message.client_id)
+            else:
+                first = StoredMessage(
+                    message.room, seq, message.user, message.body, ts, message.client_id
                 )
-                for row in rows:
-                    msg = _message(row)
-                    key = _client_key(msg)
-                    assert key is not None
-                    stored[key] = msg
-            results, new = _number(messages, last_seq, stored, self._clock())
-            if new:
-                updated = {m.room: m.seq for m in new}
-                await conn.execute(_SET_LAST_SEQS, list(updated), list(updated.values()))
-                await conn.execute(
-                    _INSERT_MESSAGES,
-                    [m.room for m in new],
-                    [m.seq for m in new],
-                    [m.user for m in new],
-                    [m.body for m in new],
-                    [m.ts for m in new],
-                    [m.client_id for m in new],
-                )
+            results.append(Appended(first, duplicate=duplicate))
         return results
 
     # Room history ---------------------------------------------------------------------
