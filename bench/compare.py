@@ -6,7 +6,8 @@
 
 For every S and every server: the highest fan-out rate (one room, S subscribers,
 100-byte bodies) that passes (≥ 99.9% delivered, p99 < 250 ms), found by a
-bounded ladder of attempts, each against a freshly started server; then the
+bounded ladder of attempts, each against a freshly started server (a rate that
+fails is tried once more before it counts as failed, for every server); then the
 server memory per idle joined connection. Servers run pinned to CPU 0, the load
 generator (``python -m loadtest``) to CPU 1. The Redis that ``realtime-redis`` and
 ``socketio-redis`` share is pinned to CPU 0 too: it is part of that deployment.
@@ -51,6 +52,9 @@ from tests.services import RedisServer
 
 ALL_SERVERS = "realtime,realtime-redis,socketio,socketio-redis,bare"
 PAYLOAD = 100
+TRIALS = 2
+"""Tries of a rate before it counts as failed, for every server alike: on a shared
+machine one stall (another process, a slow fsync) can fail a short attempt."""
 QUIET = 0.15
 """Both cores below this busy fraction before an attempt: nobody else is measuring."""
 FILES_PER_GENERATOR = 9000
@@ -223,20 +227,25 @@ def search(contender: Contender, point: Point, plan: Plan, tmp: Path) -> None:
         # One publisher for every server: the same load shape (the servers started
         # here lift realtime's per-connection rate limit).
         args += ["--publishers", "1"]
-        quiet = wait_for_quiet((SERVER_CPU, GENERATOR_CPU), QUIET, plan.quiet_wait)
-        run = measure(contender, workdir, args, timeout)
-        attempt = judge(contender.name, point.subscribers, offered, run, quiet)
-        point.attempts.append(attempt)
-        history.append((offered, attempt.passed))
-        print(
-            f"{contender.name:>15} S={point.subscribers:<5} offered {offered:>9,.0f}/s: "
-            f"{attempt.deliveries_per_s or 0:>9,.0f}/s p99 {attempt.p99_ms} ms, "
-            f"{attempt.server_us_per_delivery} µs/delivery; server {attempt.server_share} "
-            f"of core {attempt.server_core}, generator {attempt.generator_share} of core "
-            f"{attempt.generator_core} "
-            f"({attempt.seconds:.0f} s) → {attempt.reason}",
-            flush=True,
-        )
+        passed = False
+        for trial in range(TRIALS):
+            quiet = wait_for_quiet((SERVER_CPU, GENERATOR_CPU), QUIET, plan.quiet_wait)
+            run = measure(contender, workdir / str(trial), args, timeout)
+            attempt = judge(contender.name, point.subscribers, offered, run, quiet)
+            point.attempts.append(attempt)
+            passed = attempt.passed
+            print(
+                f"{contender.name:>15} S={point.subscribers:<5} offered {offered:>9,.0f}/s: "
+                f"{attempt.deliveries_per_s or 0:>9,.0f}/s p99 {attempt.p99_ms} ms, "
+                f"{attempt.server_us_per_delivery} µs/delivery; server {attempt.server_share} "
+                f"of core {attempt.server_core}, generator {attempt.generator_share} of core "
+                f"{attempt.generator_core} "
+                f"({attempt.seconds:.0f} s) → {attempt.reason}",
+                flush=True,
+            )
+            if passed or not run.published:
+                break
+        history.append((offered, passed))
         if run.report is None and not run.published:
             # It never got to publishing (no start, or connecting S subscribers did
             # not finish): another rate will not change that.
