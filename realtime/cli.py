@@ -88,6 +88,18 @@ async def _migrate(settings: Settings) -> None:
     log.info("migrations applied: %s", applied or "none (schema is current)")
 
 
+GC_THRESHOLDS = (5_000, 20, 20)
+"""The collector's thresholds while serving (CPython's default: 700, 10, 10).
+
+A command in flight (its future, task and message) lives for a store commit, a
+few ms: with the default young-generation size it is usually caught alive and
+promoted, and full collections followed every 1-2 s under 4,000 sends/s, each
+walking every connection's objects (60-120 ms with 2,000 connections, all of it
+latency for everyone). With these, short-lived objects die young and full
+collections are rare: p99 send→ack fell from ~200 ms to ~70 ms at that load,
+server CPU per send by a fifth."""
+
+
 async def serve_forever(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain and exit."""
     app = create_app(settings)
@@ -118,6 +130,7 @@ async def serve_forever(settings: Settings) -> None:
         # moved out of the collector's sight, every full collection, a pause for every
         # connection, has that much less to walk.
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         await stop.wait()
         log.info("stopping: draining connections")
         listener.close()  # accept nothing new; the drain closes what is open
