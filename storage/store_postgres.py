@@ -260,15 +260,6 @@ def _notification(row: asyncpg.Record) -> Notification:
     )
 
 
-_ClientKey = tuple[str, str, str]
-
-
-def _client_key(message: NewMessage | StoredMessage) -> _ClientKey | None:
-    if message.client_id is None:
-        return None
-    return (message.room, message.user or "", message.client_id)
-
-
 @dataclass(eq=False, slots=True)
 class _PendingAppend:
     message: NewMessage

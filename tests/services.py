@@ -111,7 +111,33 @@ def _cleanup_at_exit() -> None:
 atexit.register(_cleanup_at_exit)
 
 
-class _Service:
+class _Managed:
+    """``with``: started on entry (closed again if that fails), closed on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Service(_Managed):
     """One server process in its own directory and process group."""
 
     name = "service"
@@ -196,22 +222,6 @@ class _Service:
                 self._dir = None
             with _live_lock:
                 _live.discard(self)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def log_tail(self, size: int = 4000) -> str:
         if self._dir is None:
@@ -671,7 +681,7 @@ class RedisClusterNode(RedisServer):
         ]
 
 
-class RedisClusterServer:
+class RedisClusterServer(_Managed):
     """A throwaway Redis Cluster on loopback: ``size`` masters, no replicas.
 
     ``start()`` starts every node and, the first time, joins them with
@@ -754,22 +764,6 @@ class RedisClusterServer:
         """Stop every node and delete its directory; a later ``start()`` builds a new cluster."""
         self._each(lambda node: node.close())
         self._created = False
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # State ---------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ what these test modules need on top of it.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
@@ -16,11 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import ROOT, SERVICE_KEY, ServerProcess
+from tests.server import ROOT
 
 
 def assert_error(reply: tuple[int, Any], status: int, code: str) -> None:
@@ -34,64 +31,6 @@ def _code(body: Any) -> Any:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body["error"].get("code")
     return body
-
-
-class Http:
-    """One aiohttp session for many REST calls (faster than ``ServerProcess.rest``)."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-
-    async def __aenter__(self) -> Http:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = SERVICE_KEY,
-        raw: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        status, _, data = await self.full(method, path, body, key=key, raw=raw, headers=headers)
-        if not data:
-            return status, None
-        try:
-            return status, orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return status, data.decode(errors="replace")
-
-    async def full(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = SERVICE_KEY,
-        raw: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, raw body) of one call."""
-        data = raw if raw is not None else (None if body is None else orjson.dumps(body))
-        all_headers = dict(headers or {})
-        if data is not None:
-            all_headers.setdefault("Content-Type", "application/json")
-        if key is not None:
-            all_headers["Authorization"] = f"Bearer {key}"
-        # aiohttp warns about large raw bytes bodies (and warnings are errors here)
-        payload: bytes | io.BytesIO | None = (
-            io.BytesIO(data) if data and len(data) > 2**19 else data
-        )
-        async with self.session.request(
-            method, self.server.url + path, data=payload, headers=all_headers
-        ) as response:
-            return response.status, dict(response.headers), await response.read()
 
 
 def metric(text: str, sample_name: str, **labels: str) -> float:

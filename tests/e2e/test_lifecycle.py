@@ -15,8 +15,8 @@ import pytest
 from websockets.protocol import State
 
 from tests.client import Client, close_all
-from tests.e2e.support import Http, eventually
-from tests.server import ServerProcess, unique
+from tests.e2e.support import eventually
+from tests.server import Http, ServerProcess, unique
 from tests.services import PostgresServer
 
 API = "/api/v1"
@@ -432,8 +432,10 @@ async def _outage(http: Http, a: Client, b: Client, room: str, tag: str) -> None
     assert await a.call("ping") == {} and await b.call("ping") == {}
 
 
-async def _recovered(http: Http, a: Client, b: Client, room: str, tag: str, seq: int) -> int:
-    """After the database is back: ready again, sends succeed, seq continues gapless."""
+async def _recovered(http: Http, a: Client, b: Client, room: str, tag: str) -> None:
+    """After the database is back: ready again, sends succeed, seq continues gapless
+    after the three messages of ``_outage_setup``, and history holds exactly those."""
+    seq = 3
 
     await eventually(lambda: _is_ready(http), timeout=15, interval=0.1)
     # Retries of the refused sends (same client_id) are new messages: nothing was stored.
@@ -446,7 +448,16 @@ async def _recovered(http: Http, a: Client, b: Client, room: str, tag: str, seq:
         (seq + k + 1, f"{tag}up{k}") for k in range(3)
     ]
     await b.no_push("message", wait=0.2)
-    return seq + 3
+    history = await all_messages(http, room)
+    assert [m["body"] for m in history] == [
+        "before0",
+        "before1",
+        "before2",
+        f"{tag}up0",
+        f"{tag}up1",
+        f"{tag}up2",
+    ]
+    assert [m["seq"] for m in history] == list(range(1, seq + 4))
 
 
 async def _outage_setup(server: ServerProcess, http: Http) -> tuple[str, Client, Client]:
@@ -469,17 +480,7 @@ async def test_postgres_down_then_back_without_restarting_the_server(
         await asyncio.to_thread(crash_postgres, private_postgres)
         await _outage(http, a, b, room, "down")
         await asyncio.to_thread(private_postgres.start)
-        seq = await _recovered(http, a, b, room, "down", 3)
-        history = await all_messages(http, room)
-        assert [m["body"] for m in history] == [
-            "before0",
-            "before1",
-            "before2",
-            "downup0",
-            "downup1",
-            "downup2",
-        ]
-        assert [m["seq"] for m in history] == list(range(1, seq + 1))
+        await _recovered(http, a, b, room, "down")
         await close_all(a, b)
     assert server.process is not None and server.process.poll() is None
 
@@ -501,17 +502,7 @@ async def test_postgres_hanging_then_back_without_restarting_the_server(
             for pid in reversed(stopped):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
-        seq = await _recovered(http, a, b, room, "hung", 3)
-        history = await all_messages(http, room)
-        assert [m["body"] for m in history] == [
-            "before0",
-            "before1",
-            "before2",
-            "hungup0",
-            "hungup1",
-            "hungup2",
-        ]
-        assert [m["seq"] for m in history] == list(range(1, seq + 1))
+        await _recovered(http, a, b, room, "hung")
         await close_all(a, b)
 
 

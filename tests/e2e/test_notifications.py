@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.client import Client, CommandFailed, close_all
-from tests.e2e.support import Http, assert_error
-from tests.server import ServerProcess, unique
+from tests.e2e.support import assert_error
+from tests.server import Http, ServerProcess, unique
 
 API = "/api/v1"
 PUSH_FIELDS = {"push", "id", "type", "data", "actor", "ts", "read"}

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.client import Client, CommandFailed, close_all
-from tests.e2e.support import Http, assert_error, metric
-from tests.server import SERVICE_KEY, ServerProcess, unique
+from tests.e2e.support import assert_error, metric
+from tests.server import SERVICE_KEY, Http, ServerProcess, unique
 
 API = "/api/v1"
 MAX_REQUEST_BYTES = 1024 * 1024  # server.max_request_bytes default
