@@ -274,6 +274,24 @@ def _run_each(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
             job.future.set_result(value)
 
 
+def _use_wal(conn: sqlite3.Connection, timeout: float) -> str:
+    """Switch to WAL; returns the journal mode now in use.
+
+    The switch needs an exclusive lock, and SQLite reports a lock held by another
+    connection at once instead of waiting through the busy timeout: instances (or
+    migrators) opening a new file together retry here until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode: str = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect(path: Path, timeout: float, synchronous: str | None) -> sqlite3.Connection:
     """A connection in autocommit mode (we issue BEGIN ourselves); ``None``: a reader."""
     if synchronous is not None:
@@ -283,7 +301,7 @@ def _connect(path: Path, timeout: float, synchronous: str | None) -> sqlite3.Con
         if synchronous is None:
             conn.execute("PRAGMA query_only = ON")
         else:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _use_wal(conn, timeout)
             conn.execute(f"PRAGMA synchronous = {synchronous}")
     except BaseException:
         conn.close()
