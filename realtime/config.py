@@ -37,6 +37,7 @@ class ServerSettings:
     ping_interval: float = 25.0
     ping_timeout: float = 60.0
     max_connections_per_user: int = 16
+    max_rooms_per_connection: int = 1000
     rate_limit: float = 50.0
     rate_burst: int = 100
     rate_limit_strikes: int = 100
@@ -54,6 +55,7 @@ class ServerSettings:
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError("server.ping_timeout must be greater than server.ping_interval")
         _at_least("server.max_connections_per_user", self.max_connections_per_user, 1)
+        _at_least("server.max_rooms_per_connection", self.max_rooms_per_connection, 1)
         _at_least("server.rate_limit", self.rate_limit, 0.1)
         _at_least("server.rate_burst", self.rate_burst, 1)
         _at_least("server.rate_limit_strikes", self.rate_limit_strikes, 1)

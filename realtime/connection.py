@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from protocol import CloseCode, Codec
@@ -81,23 +82,22 @@ class Outbox:
 
 class Connection:
     __slots__ = (
+        "_granted",
         "_held",
         "_held_bytes",
         "_on_close",
         "_outbox",
         "_pending",
+        "_rooms",
         "_transport",
         "buffer_limit",
         "busy",
         "closing",
         "codec",
         "deadline",
-        "granted",
         "id",
         "identity",
         "last_seen",
-        "rooms",
-        "typing",
     )
 
     def __init__(
@@ -113,12 +113,10 @@ class Connection:
         self.codec = codec
         self.buffer_limit = buffer_limit
         self.identity: Identity | None = None
-        self.rooms: set[str] = set()
+        self._rooms: set[str] = set()
         # Rooms joined with a room token (the "members" send rule holds without a
-        # store lookup), and rooms where this connection is typing. Made on first
-        # use: most connections never need them.
-        self.granted: set[str] | None = None
-        self.typing: set[str] | None = None
+        # store lookup). Made on first use: most connections never need it.
+        self._granted: set[str] | None = None
         self.closing = False
         # True while a command of this connection is being carried out (SIGTERM
         # waits for it before closing).
@@ -144,6 +142,46 @@ class Connection:
     @property
     def authenticated(self) -> bool:
         return self.identity is not None
+
+    # Room state: changed only here ---------------------------------------------------
+
+    @property
+    def rooms(self) -> AbstractSet[str]:
+        return self._rooms
+
+    def in_room(self, room: str) -> bool:
+        return room in self._rooms
+
+    def enter(self, room: str) -> bool:
+        """Count ``room`` as joined; True when it was not yet."""
+        if room in self._rooms:
+            return False
+        self._rooms.add(room)
+        return True
+
+    def exit(self, room: str) -> bool:
+        """Forget ``room`` (and its grant); True when it was joined."""
+        if room not in self._rooms:
+            return False
+        self._rooms.discard(room)
+        if self._granted is not None:
+            self._granted.discard(room)
+        return True
+
+    def grant(self, room: str) -> None:
+        """A room token let this connection join ``room``."""
+        if self._granted is None:
+            self._granted = set()
+        self._granted.add(room)
+
+    def is_granted(self, room: str) -> bool:
+        return self._granted is not None and room in self._granted
+
+    def authenticated_as(self, identity: Identity | None) -> None:
+        """Set (or, when admission fails, clear) who this connection is."""
+        self.identity = identity
+
+    # Output ------------------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue a ready frame for this iteration's write; False when closing."""

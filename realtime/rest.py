@@ -143,7 +143,9 @@ async def post_message(request: web.Request) -> web.Response:
     if "body" in body:
         fields["body"] = body["body"]
     command: SendCommand = _command(fields)
-    result = await _node(request).publish(command.room, user, command.body_json, command.client_id)
+    result = await _node(request).messages.publish(
+        command.room, user, command.body_json, command.client_id
+    )
     # A retry with the same client_id answers like the first call (with duplicate: true).
     return respond(result, status=201)
 
@@ -158,7 +160,7 @@ async def get_messages(request: web.Request) -> web.Response:
             "limit": _query_int(request, "limit"),
         }
     )
-    result = await _node(request).history(
+    result = await _node(request).messages.history(
         None, command.room, before=command.before, after=command.after, limit=command.limit
     )
     return respond(result)
@@ -171,21 +173,21 @@ def _room(request: web.Request) -> str:
 
 
 async def put_member(request: web.Request) -> web.Response:
-    await _node(request).add_member(_room(request), _user(request.match_info["user"]))
+    await _node(request).membership.add_member(_room(request), _user(request.match_info["user"]))
     return _no_content()
 
 
 async def delete_member(request: web.Request) -> web.Response:
-    await _node(request).remove_member(_room(request), _user(request.match_info["user"]))
+    await _node(request).membership.remove_member(_room(request), _user(request.match_info["user"]))
     return _no_content()
 
 
 async def get_members(request: web.Request) -> web.Response:
-    return respond({"users": await _node(request).members(_room(request))})
+    return respond({"users": await _node(request).membership.members(_room(request))})
 
 
 async def get_presence(request: web.Request) -> web.Response:
-    return respond({"users": await _node(request).room_presence(None, _room(request))})
+    return respond({"users": await _node(request).joins.presence(None, _room(request))})
 
 
 async def put_following(request: web.Request) -> web.Response:
@@ -193,13 +195,13 @@ async def put_following(request: web.Request) -> web.Response:
     target = _user(request.match_info["target"], "target")
     if user == target:
         raise _bad("a user cannot follow themselves")
-    await _node(request).follow(user, target)
+    await _node(request).membership.follow(user, target)
     return _no_content()
 
 
 async def delete_following(request: web.Request) -> web.Response:
     user = _user(request.match_info["user"])
-    await _node(request).unfollow(user, _user(request.match_info["target"], "target"))
+    await _node(request).membership.unfollow(user, _user(request.match_info["target"], "target"))
     return _no_content()
 
 
@@ -229,7 +231,7 @@ async def post_notification(request: web.Request) -> web.Response:
     data_json = orjson.dumps(body.get("data")).decode()
     if len(data_json) > request.app[NODE].settings.namespaces["user"].max_body_bytes:
         raise CommandError(ErrorCode.TOO_LARGE, "'data' is larger than the user namespace allows")
-    recipients = await _node(request).notify(
+    recipients = await _node(request).notices.notify(
         to=to, followers_of=followers_of, type=kind, data_json=data_json, actor=actor
     )
     return respond({"recipients": recipients}, status=202)
@@ -245,7 +247,7 @@ async def get_notifications(request: web.Request) -> web.Response:
             "unread": _query_bool(request, "unread"),
         }
     )
-    result = await _node(request).notifications(
+    result = await _node(request).notices.list(
         user, after=command.after, limit=min(command.limit, MAX_LIMIT), unread=command.unread
     )
     return respond(result)
@@ -255,7 +257,7 @@ async def post_notifications_read(request: web.Request) -> web.Response:
     user = _user(request.match_info["user"])
     body = await _json_body(request)
     command: NotificationsRead = _command({"op": "notifications.read", **body})
-    count = await _node(request).mark_notifications_read(user, ids=command.ids, up_to=command.up_to)
+    count = await _node(request).notices.mark_read(user, ids=command.ids, up_to=command.up_to)
     return respond({"unread_count": count})
 
 
@@ -265,7 +267,7 @@ async def post_disconnect(request: web.Request) -> web.Response:
     reason = body.get("reason", "disconnected by the server")
     if not isinstance(reason, str):
         raise _bad("'reason' must be a string")
-    await _node(request).disconnect_user(user, reason[:120])
+    await _node(request).membership.disconnect_user(user, reason[:120])
     return _no_content()
 
 

@@ -44,8 +44,10 @@ from protocol.outgoing import (
 )
 
 from .auth import AuthError
+from .clients import TooManyConnections
 from .connection import Connection
-from .node import Node, TooManyConnections, user_room
+from .convert import user_room
+from .node import Node
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,13 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self.strikes = 0
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def take(self, now: float) -> bool:
+        """Take a token for a command that arrived at ``now`` (monotonic, non-decreasing).
+
+        Commands are charged at their arrival, not when they are carried out: a
+        backlog that built up while the store or the broker was slow is no flood.
+        """
+        now = max(now, self._stamp)
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._tokens >= 1:
@@ -98,7 +105,7 @@ class Session:
             )
             return
         try:
-            await self._node.authenticate(conn, self._node.auth.verify_user(token))
+            await self._node.clients.authenticate(conn, self._node.auth.verify_user(token))
         except TooManyConnections as error:
             conn.close(CloseCode.TOO_MANY_CONNECTIONS, error.message)
             return
@@ -106,17 +113,20 @@ class Session:
             conn.close(CloseCode.UNAUTHORIZED, error.message)
             return
         try:
-            await self._node.join(conn, RoomRequest(user_room(conn.user)))
+            await self._node.joins.join(conn, RoomRequest(user_room(conn.user)))
         except CommandError as error:
             log.warning("could not join %s to its user room: %s", conn, error.message)
 
     async def close(self) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        await self._node.disconnected(self._conn)
+        await self._node.clients.disconnected(self._conn)
 
-    async def handle_frames(self, frames: Sequence[bytes | str]) -> None:
+    async def handle_frames(self, frames: Sequence[tuple[float, bytes | str]]) -> None:
         """Carry out the commands of frames that arrived, in order.
+
+        Each frame comes with the time it arrived (``time.monotonic()``), which is
+        when its commands are charged to the rate limit.
 
         A run of ``send`` commands to rooms this connection has joined goes to
         the store together: their appends join one group commit, in the order they
@@ -124,11 +134,11 @@ class Session:
         answered as it is stored. Everything else runs one command at a time.
         """
         conn = self._conn
-        commands: list[Command | Rejected] = []
+        commands: list[tuple[float, Command | Rejected]] = []
         bad: FrameError | None = None
-        for data in frames:
+        for arrived, data in frames:
             try:
-                commands.extend(decode_commands(conn.codec, data))
+                commands.extend((arrived, c) for c in decode_commands(conn.codec, data))
             except FrameError as error:
                 bad = error  # what came before it is still carried out
                 break
@@ -137,12 +147,12 @@ class Session:
             index = 0
             while index < len(commands) and not conn.closing:
                 end = index + 1
-                while end < len(commands) and self._pipelined(commands[index], commands[end]):
+                while end < len(commands) and self._pipelined(commands[index][1], commands[end][1]):
                     end += 1
                 if end - index == 1:
-                    await self._handle(commands[index])
+                    await self._handle(*commands[index])
                 else:
-                    await asyncio.gather(*(self._handle(c) for c in commands[index:end]))
+                    await asyncio.gather(*(self._handle(*c) for c in commands[index:end]))
                 index = end
         finally:
             conn.busy = False
@@ -154,15 +164,15 @@ class Session:
 
     def _pipelined(self, first: Command | Rejected, other: Command | Rejected) -> bool:
         """Whether ``other`` may run alongside ``first``: both sends to joined rooms."""
-        rooms = self._conn.rooms
+        conn = self._conn
         return (
             isinstance(first, Send)
             and isinstance(other, Send)
-            and first.room in rooms
-            and other.room in rooms
+            and conn.in_room(first.room)
+            and conn.in_room(other.room)
         )
 
-    async def _handle(self, command: Command | Rejected) -> None:
+    async def _handle(self, arrived: float, command: Command | Rejected) -> None:
         conn = self._conn
         metrics = self._node.metrics
         if not conn.authenticated and not isinstance(command, Connect):
@@ -170,7 +180,7 @@ class Session:
             conn.close(CloseCode.UNAUTHORIZED, "the first message must be connect")
             return
         # Refused and invalid commands count too: flooding with garbage is flooding.
-        if not self._bucket.take():
+        if not self._bucket.take(arrived):
             metrics.rate_limited.inc()
             self._answer_error(command.id, ErrorCode.RATE_LIMITED, "too many commands, slow down")
             if self._bucket.strikes >= self._strike_limit:
@@ -216,34 +226,34 @@ class Session:
             case Connect():
                 return await self._connect(command)
             case Join(request=request):
-                return await node.join(conn, request)
+                return await node.joins.join(conn, request)
             case Leave(room=room):
                 node.policy.resolve(room)
-                await node.leave(conn, room)
+                await node.joins.leave(conn, room)
                 return Empty()
             case Send(room=room, body_json=body, client_id=client_id):
-                return await node.send(conn, room, body, client_id)
+                return await node.messages.send(conn, room, body, client_id)
             case Typing(room=room, active=active):
-                await node.typing(conn, room, active)
+                await node.typing.set(conn, room, active)
                 return Empty()
             case History(room=room, before=before, after=after, limit=limit):
-                return await node.history(
+                return await node.messages.history(
                     conn.user,
                     room,
                     before=before,
                     after=after,
                     limit=limit,
-                    joined=room in conn.rooms,
+                    joined=conn.in_room(room),
                 )
             case Read(room=room, seq=seq):
-                return await node.read(conn, room, seq)
+                return await node.messages.read(conn, room, seq)
             case PresenceQuery(room=room):
-                users = await node.room_presence(conn.user, room, joined=room in conn.rooms)
+                users = await node.joins.presence(conn.user, room, joined=conn.in_room(room))
                 return UsersResult(users)
             case NotificationsQuery(after=after, limit=limit, unread=unread):
-                return await node.notifications(conn.user, after=after, limit=limit, unread=unread)
+                return await node.notices.list(conn.user, after=after, limit=limit, unread=unread)
             case NotificationsRead(ids=ids, up_to=up_to):
-                count = await node.mark_notifications_read(conn.user, ids=ids, up_to=up_to)
+                count = await node.notices.mark_read(conn.user, ids=ids, up_to=up_to)
                 return UnreadResult(count)
             case Refresh(token=token):
                 return self._refresh(token)
@@ -260,7 +270,7 @@ class Session:
             if self._auth_timer is not None:
                 self._auth_timer.cancel()
                 self._auth_timer = None
-            await node.authenticate(conn, identity)
+            await node.clients.authenticate(conn, identity)
         elif command.token is not None:
             self._refresh(command.token)
         rooms: list[JoinResult | RoomFailure] = []
@@ -271,7 +281,7 @@ class Session:
             requests.insert(0, RoomRequest(own_room))
         for request in requests:
             try:
-                rooms.append(await node.join(conn, request))
+                rooms.append(await node.joins.join(conn, request))
             except CommandError as error:
                 rooms.append(RoomFailure(request.room, error.code, error.message))
         assert conn.identity is not None
@@ -287,8 +297,7 @@ class Session:
         identity = self._node.auth.verify_user(token)
         if identity.user != self._conn.user:
             raise CommandError(ErrorCode.FORBIDDEN, "refresh token is for another user")
-        self._conn.identity = identity
-        self._node.schedule_expiry(self._conn)
+        self._node.clients.refreshed(self._conn, identity)
         return RefreshResult(int(identity.expires_at))
 
 

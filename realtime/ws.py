@@ -115,6 +115,7 @@ class WebSocket:
     """One open WebSocket: frames in, messages to the session, close handshake."""
 
     __slots__ = (
+        "_arrived",
         "_close_timer",
         "_fragments",
         "_frames",
@@ -151,8 +152,10 @@ class WebSocket:
         )
         self._session = Session(node, self.conn)
         self._fragments: list[bytes] | None = None
-        self._inbox: deque[bytes] = deque()
+        # Each message with the time it arrived: the rate limit charges it then.
+        self._inbox: deque[tuple[float, bytes]] = deque()
         self._paused = False
+        self._arrived = 0.0
         self._close_timer: asyncio.TimerHandle | None = None
         self.close_code: int | None = None
         self.finished = asyncio.get_running_loop().create_future()
@@ -165,7 +168,7 @@ class WebSocket:
     # Input -------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        self.conn.last_seen = time.monotonic()
+        self.conn.last_seen = self._arrived = time.monotonic()
         frames = self._frames
         frames.receive_data(data)
         for frame in frames.events_received():
@@ -196,7 +199,7 @@ class WebSocket:
     def _enqueue(self, message: bytes) -> None:
         if self.conn.closing:
             return
-        self._inbox.append(message)
+        self._inbox.append((self._arrived, message))
         if len(self._inbox) >= INBOX_LIMIT and not self._paused:
             self._paused = True
             self._transport.pause_reading()
@@ -262,7 +265,7 @@ class WebSocket:
         if self._close_timer is not None:
             self._close_timer.cancel()
         self.conn.closing = True
-        self._node.spawn(self._finish(), f"close {self.conn.id}")
+        self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
 
     async def _finish(self) -> None:
         worker = self._worker

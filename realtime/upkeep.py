@@ -1,0 +1,49 @@
+"""Periodic upkeep owned by the node: history retention and tail checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from storage import StorageError, Store
+
+from .config import Settings
+from .convert import now_ms
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+TAIL_CHECK_BATCH = 1000
+
+
+async def check_tails(store: Store, hub: Hub, interval: float) -> None:
+    """Catch up rooms whose latest stored message never came through the broker."""
+    while True:
+        await asyncio.sleep(interval)
+        rooms = hub.sequenced_rooms()
+        for start in range(0, len(rooms), TAIL_CHECK_BATCH):
+            try:
+                latest = await store.latest_seqs(rooms[start : start + TAIL_CHECK_BATCH])
+            except StorageError as error:
+                log.warning("tail check failed, retrying later: %s", error)
+                break
+            hub.catch_up(latest)
+
+
+async def retain(store: Store, settings: Settings) -> None:
+    """Remove history past each namespace's age or count limit."""
+    while True:
+        await asyncio.sleep(settings.storage.retention_interval)
+        for name, namespace in settings.namespaces.items():
+            if not namespace.history or not (namespace.history_ttl or namespace.history_max):
+                continue
+            older_than = now_ms() - namespace.history_ttl * 1000 if namespace.history_ttl else None
+            try:
+                deleted = await store.prune(
+                    name, older_than_ms=older_than, keep_last=namespace.history_max or None
+                )
+            except StorageError as error:
+                log.warning("retention of %s failed, retrying later: %s", name, error)
+                continue
+            if deleted:
+                log.info("retention removed %d messages of %s:*", deleted, name)
