@@ -14,7 +14,14 @@ heartbeat. Entries of owners known to be dead are never listed, even before the
 sweep; an owner not seen yet (just started) counts as alive.
 
 Redis down: presence degrades to this instance's own view; after the outage the
-heartbeat puts this instance's entries back (announcing users who had been swept).
+heartbeat puts this instance's entries back (announcing users who had been swept)
+and takes out those it was told to remove meanwhile (announcing users who thereby
+left). The same happens when the heartbeat finds this owner missing from the set
+of owners: Redis lost its data (a restart without persistence, a flush), or
+another instance swept this one as dead after a stall.
+
+``close`` takes every entry out and deletes this owner's keys; an entry it could
+not remove is left to the sweep by the other instances, so nothing outlives it.
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException
 
-from .broker_redis import OUTAGES
+from .broker_redis import OUTAGES as BROKER_OUTAGES
 from .presence import OnChange
 
 log = logging.getLogger(__name__)
+
+# A cluster none of whose nodes answers raises RedisClusterException, not a RedisError.
+OUTAGES = (*BROKER_OUTAGES, RedisClusterException)
 
 
 _SEPARATOR = ","
@@ -88,6 +99,8 @@ class RedisPresence:
         self._sweep = client.register_script(_SWEEP)
         # This instance's own entries: room -> connection -> user.
         self._local: dict[str, dict[str, str]] = {}
+        # Removals Redis never confirmed (it was unreachable), done once it is back.
+        self._unremoved: dict[str, dict[str, str]] = {}
         # Rooms recorded under our owner key, for whoever sweeps us after a crash.
         self._recorded: set[str] = set()
         self._dead: set[str] = set()
@@ -127,8 +140,14 @@ class RedisPresence:
         for room, connections in list(self._local.items()):
             for connection, user in list(connections.items()):
                 await self.remove(room, user, connection)
+        if self._unremoved:
+            # Still registered, so the owner expires and the others sweep what is left.
+            log.info("presence entries left to expire in %d rooms", len(self._unremoved))
+            return
         try:
             async with asyncio.timeout(self._timeout):
+                # Rooms first: an owner without them would be swept in vain, not leak.
+                await self._client.delete(self._rooms_of(self._owner))
                 await self._client.zrem(self._instances, self._owner)
         except OUTAGES as error:
             log.info("could not unregister presence owner: %r", error)
@@ -136,6 +155,7 @@ class RedisPresence:
     async def add(self, room: str, user: str, connection: str) -> bool:
         local = self._local.setdefault(room, {})
         local[connection] = user
+        self._forget_unremoved(room, connection)
         try:
             await self._record(room)
             return bool(await self._call(self._add, room, connection, user, self._owner))
@@ -146,16 +166,23 @@ class RedisPresence:
 
     async def remove(self, room: str, user: str, connection: str) -> bool:
         local = self._local.get(room)
-        if local is not None:
-            local.pop(connection, None)
-            if not local:
-                del self._local[room]
+        known = local is not None and local.pop(connection, None) is not None
+        if local is not None and not local:
+            del self._local[room]
         try:
             return bool(await self._call(self._remove, room, connection, user))
         except OUTAGES as error:
-            log.warning("presence remove in %s failed: %r", room, error)
+            log.warning("presence remove in %s failed (done when redis is back): %r", room, error)
             self._healthy = False
+            if not known:
+                return False
+            self._unremoved.setdefault(room, {})[connection] = user
             return local is None or user not in local.values()
+
+    def _forget_unremoved(self, room: str, connection: str) -> None:
+        pending = self._unremoved.get(room)
+        if pending is not None and pending.pop(connection, None) is not None and not pending:
+            del self._unremoved[room]
 
     async def users(self, room: str) -> list[str]:
         try:
@@ -200,8 +227,8 @@ class RedisPresence:
             await asyncio.sleep(self._ttl / 3)
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self._register()
-                if not self._healthy:
+                    missing = await self._register()
+                if missing or not self._healthy:
                     await self._reassert()
                     self._healthy = True
                 await self._sweep_dead()
@@ -210,33 +237,57 @@ class RedisPresence:
                     log.warning("presence heartbeat failed: %r", error)
                 self._healthy = False
 
-    async def _register(self) -> None:
+    async def _register(self) -> bool:
+        """Renew this owner's expiry; True when it was not registered (any more)."""
         now = time.time()
-        await self._client.zadd(self._instances, {self._owner: now + self._ttl})
+        added = await self._client.zadd(self._instances, {self._owner: now + self._ttl})
         dead = await self._client.zrangebyscore(self._instances, "-inf", now)
         self._dead = {_text(owner) for owner in dead} - {self._owner}
+        return bool(added)
 
     async def _reassert(self) -> None:
-        """After an outage: put back our entries, announcing users who had been swept."""
+        """Make Redis hold exactly our entries again, announcing who came back or left.
+
+        Entries are put back before the pending removals are done, so a user who
+        only moved from one connection to another is not announced at all.
+        """
         self._recorded.clear()
         for room, connections in list(self._local.items()):
             await self._record(room)
             for connection, user in list(connections.items()):
-                if await self._call(self._add, room, connection, user, self._owner):
-                    await self._announce(room, user, "join")
+                await self._put_back(room, connection, user)
+        for room, pending in list(self._unremoved.items()):
+            for connection, user in list(pending.items()):
+                left = await self._call(self._remove, room, connection, user)
+                self._forget_unremoved(room, connection)
+                if left:
+                    await self._announce(room, user, "leave")
+
+    async def _put_back(self, room: str, connection: str, user: str) -> None:
+        if self._local.get(room, {}).get(connection) != user:
+            return  # removed meanwhile
+        added = await self._call(self._add, room, connection, user, self._owner)
+        if self._local.get(room, {}).get(connection) != user:
+            # Removed while the add was in flight: its removal may have come first.
+            await self._call(self._remove, room, connection, user)
+        elif added:
+            await self._announce(room, user, "join")
 
     async def _sweep_dead(self) -> None:
         for owner in list(self._dead):
             rooms_key = self._rooms_of(owner)
-            for room_raw in await self._client.smembers(rooms_key):
+            async with asyncio.timeout(self._timeout):
+                rooms = await self._client.smembers(rooms_key)
+            for room_raw in rooms:
                 room = _text(room_raw)
                 keys = self._keys(room)
                 async with asyncio.timeout(self._timeout):
                     gone = await self._sweep(keys=keys, args=[owner])
                 for user in gone:
                     await self._announce(room, _text(user), "leave")
-            await self._client.delete(rooms_key)
-            await self._client.zrem(self._instances, owner)
+            async with asyncio.timeout(self._timeout):
+                await self._client.delete(rooms_key)
+                await self._client.zrem(self._instances, owner)
             log.info("presence of dead instance %s swept", owner)
 
     async def _announce(self, room: str, user: str, event: str) -> None:

@@ -70,7 +70,11 @@ class Client:
         args: dict[str, Any] = {"token": token}
         if rooms is not None:
             args["rooms"] = rooms
-        client.session = await client.call("connect", **args)
+        try:
+            client.session = await client.call("connect", **args)
+        except BaseException:
+            await client.close()  # the caller never gets it: close it here
+            raise
         return client
 
     session: dict[str, Any]
@@ -146,9 +150,16 @@ class Client:
         return (close.code, close.reason) if close is not None else (None, "")
 
     async def close(self) -> None:
-        await self.ws.close()
+        """Close the connection (a no-op when it is closed already); raise what went wrong.
+
+        Errors are the reader's (a frame it could not split) and replies that
+        matched no command.
+        """
+        await self.ws.close()  # idempotent; ConnectionClosed is handled inside
         self._reader.cancel()
         await asyncio.wait([self._reader])
+        if not self._reader.cancelled() and (error := self._reader.exception()) is not None:
+            raise error
         assert not self.violations, f"replies to no command: {self.violations}"
 
     async def _read(self) -> None:
@@ -180,4 +191,14 @@ class Client:
 
 
 async def close_all(*clients: Client) -> None:
-    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    """Close every client, even when one fails, then raise the failures.
+
+    A client the server closed already closes without error (``Client.close``); an
+    error here is real: one client's is raised as it is, several as a group.
+    """
+    results = await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BaseExceptionGroup(f"{len(errors)} of {len(clients)} clients failed to close", errors)

@@ -270,7 +270,8 @@ async def test_nginx_skips_a_dead_backend_and_takes_it_back(make_nginx: MakeNgin
         async with http_backend("back", port=dead):
             started = time.monotonic()
             while "back" not in await backends_serving(nginx, 2):
-                assert time.monotonic() - started < 5, "the instance stayed out too long"
+                # Well short of nginx's default 10 s, with room for a busy machine.
+                assert time.monotonic() - started < 8, "the instance stayed out too long"
                 await asyncio.sleep(0.1)
 
     async with ws_backend("live") as live_ws:

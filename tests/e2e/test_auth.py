@@ -307,8 +307,8 @@ async def test_first_message_that_cannot_authenticate_closes_4001(
         assert "error" in reply, reply
         if message["op"] != "connect":
             assert reply["error"]["code"] == "unauthorized", reply
-        # the default auth timeout is 10 s: a close within 1 s is the connect-first rule
-        await expect_close(client, UNAUTHORIZED, timeout=1)
+        # the default auth timeout is 10 s: a close within 5 s is the connect-first rule
+        await expect_close(client, UNAUTHORIZED, timeout=5)
     finally:
         await client.close()
 
@@ -543,9 +543,9 @@ async def test_auth_timeout_closes_4001_only_sockets_that_did_not_authenticate(
     silent = await Client.open(tuned.ws_url)
     by_connect = await Client.connected(tuned.ws_url, tuned.token(unique("u")))
     by_header = await Client.open(tuned.ws_url, headers=bearer(tuned.token(unique("u"))))
-    await expect_close(silent, UNAUTHORIZED, timeout=AUTH_TIMEOUT + 5)
+    await expect_close(silent, UNAUTHORIZED, timeout=10 * AUTH_TIMEOUT)
     elapsed = time.monotonic() - started
-    assert AUTH_TIMEOUT - 0.2 <= elapsed <= AUTH_TIMEOUT + 3, elapsed
+    assert elapsed >= AUTH_TIMEOUT - 0.2, elapsed  # (expect_close bounds it from above)
     await asyncio.sleep(max(0.0, AUTH_TIMEOUT + 0.3 - (time.monotonic() - started)))
     await still_open(by_connect)
     await still_open(by_header)
@@ -576,7 +576,7 @@ async def test_expiry_closes_4010_at_exp_plus_leeway_unless_refreshed(
     assert unauthorized.value.code == "unauthorized"
 
     async def closed_at(client: Client) -> float:
-        await expect_close(client, TOKEN_EXPIRED, timeout=10)
+        await expect_close(client, TOKEN_EXPIRED, timeout=30)
         return time.time()
 
     expiring = {"connect": by_connect, "header": by_header, "refused": refused}
@@ -587,7 +587,8 @@ async def test_expiry_closes_4010_at_exp_plus_leeway_unless_refreshed(
         await still_open(client)
     for name, wait in waits.items():
         moment = await wait
-        assert exp + LEEWAY - 0.2 <= moment <= exp + LEEWAY + 1.5, (name, moment - exp)
+        # never early; late only by what a busy machine may add
+        assert exp + LEEWAY - 0.2 <= moment <= exp + LEEWAY + 15, (name, moment - exp)
     await still_open(refreshed)
     await refreshed.close()
 
@@ -623,7 +624,7 @@ async def test_one_connection_too_many_closes_4029(tuned: ServerProcess) -> None
     await close_all(second, stranger, replacement)
 
 
-async def _connect_soon(server: ServerProcess, user: str, within: float = 3.0) -> Client:
+async def _connect_soon(server: ServerProcess, user: str, within: float = 15.0) -> Client:
     """Connect as ``user``, retrying while the server has not yet noticed a close."""
     deadline = time.monotonic() + within
     while True:

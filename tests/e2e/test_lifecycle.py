@@ -243,14 +243,15 @@ async def test_sigterm_answers_the_command_in_flight_then_closes_with_1012(
 
 
 async def test_sigterm_with_idle_connections_exits_0_at_once(make_server: Any) -> None:
-    server: ServerProcess = make_server()
+    # Nothing to wait for: it exits long before the shutdown timeout.
+    server: ServerProcess = make_server(env={"REALTIME_SERVER_SHUTDOWN_TIMEOUT": "60"})
     clients = [await Client.connected(server.ws_url, server.token(unique("u"))) for _ in range(5)]
     started = time.monotonic()
     exit_code = asyncio.create_task(asyncio.to_thread(server.terminate))
     closes = await asyncio.gather(*(c.closed() for c in clients))
     assert {code for code, _ in closes} == {1012}
     assert await exit_code == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30
     await close_all(*clients)
 
 
@@ -317,7 +318,9 @@ def private_postgres() -> Iterator[PostgresServer]:
 
 
 STORAGE_TIMEOUT = 1.0
-SLACK = 1.0  # scheduling on a busy 2-core machine
+# A command waiting on a dead or hung database is answered "unavailable", not left
+# hanging: checked as an outer bound a busy 2-core machine cannot reach, not a speed.
+ANSWERED_WITHIN = 10 * STORAGE_TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +422,7 @@ async def _outage(http: Http, a: Client, b: Client, room: str, tag: str) -> None
     ]
     results = [result for group in groups for result in group]
     timings = [(name, round(elapsed, 2)) for name, (elapsed, _) in zip(names, results, strict=True)]
-    assert all(elapsed < STORAGE_TIMEOUT + SLACK for elapsed, _ in results), timings
+    assert all(elapsed < ANSWERED_WITHIN for elapsed, _ in results), timings
     for _, reply in results[:5]:
         assert unavailable(reply["error"]), reply
     for _, reply in results[5:7]:

@@ -732,7 +732,7 @@ async def test_sqlite_unavailable_while_locked_and_overloaded_then_heals(tmp_pat
             started = time.monotonic()
             with pytest.raises(StorageUnavailable):
                 await store.append(message("swap:1", '"lost"'))
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 10  # a 0.5 s timeout, on a busy machine
             results = await asyncio.gather(
                 *(store.append(message("swap:1", f'"{i}"')) for i in range(40)),
                 return_exceptions=True,
@@ -801,7 +801,7 @@ async def assert_unavailable_quickly(store: Store) -> None:
         started = time.monotonic()
         with pytest.raises(StorageUnavailable):
             await call
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 10  # a 1 s timeout, on a busy machine
 
 
 async def test_postgres_outage_then_heals_without_reopening(
@@ -906,7 +906,7 @@ async def test_postgres_timeout_is_unavailable_and_does_nothing(pg_dsn: str) -> 
         started = time.monotonic()
         with pytest.raises(StorageUnavailable):
             await store.append(message("swap:1", '"blocked"'))
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # a 0.5 s timeout, on a busy machine
         await blocker.execute("ROLLBACK")
         assert (await store.append(message("swap:1", '"after"'))).message.seq == 2
         assert [m.body for m in await all_messages(store, "swap:1")] == ['"hi"', '"after"']
