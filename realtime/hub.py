@@ -237,15 +237,13 @@ class Hub:
         if self.rooms.get(name) is not room:
             return
         delivered = 0
+        if messages and room.seq is not None and (messages[0].seq or 0) > room.seq + 1:
+            # The store no longer has what came before its oldest: retention removed it.
+            delivered += room.skip_to((messages[0].seq or 0) - 1)
         for message in messages:
             delivered += room.offer(MessagePush(message))
-        if (
-            before is not None
-            and room.seq is not None
-            and room.seq < before - 1
-            and (len(messages) < FILL_BATCH)
-        ):
-            # The store no longer has what came before: retention removed it.
+        if not messages and before is not None and room.seq is not None and room.seq < before - 1:
+            # Nothing left in the store before the first waiting message either.
             delivered += room.skip_to(before - 1)
         self._metrics.deliveries.inc(delivered)
         if len(messages) == FILL_BATCH:

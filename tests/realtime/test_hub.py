@@ -333,11 +333,6 @@ async def test_what_retention_removed_is_skipped(hub: Hub, store: FakeStore) -> 
     assert seqs(a) == [6, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hub._fill skips to first_ahead - 1 even when the fill read messages before it: "
-    "seq 5, read from the store, is dropped",
-)
 async def test_after_a_retention_gap_what_the_store_still_has_is_delivered(
     hub: Hub, store: FakeStore
 ) -> None:
