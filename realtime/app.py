@@ -2,7 +2,7 @@
 
 Start: open the store, migrate, start the broker, start the node. SIGTERM
 (``on_shutdown``): drain, closing connections with 1012 after their command in
-flight. Cleanup: close the node, then the broker, presence and store, in that order.
+flight. Cleanup: close the node, then presence, the broker and the store, in that order.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def _lifecycle(settings: Settings) -> Callable[[web.Application], AsyncIterator[
                 yield
             finally:
                 await node.close()
-                await broker.close()
+                # Presence first: it may share the broker's Redis client, and its
+                # last removals and unregistering need that client open.
                 await presence.close()
+                await broker.close()
         finally:
             await store.close()
 
