@@ -23,6 +23,7 @@ import pytest
 from storage import NewMessage, PostgresStore, StorageUnavailable
 
 TIMEOUT = 2.0
+SLACK = 0.2  # between the store's clock reading and ours; not a speed bound
 ROOM = "swap:locked"
 
 
@@ -83,9 +84,9 @@ async def test_an_append_waiting_for_a_batch_is_answered_within_its_own_deadline
         with pytest.raises(StorageUnavailable):
             await first
     # The second append's batch (if it got one) had to end by the append's deadline,
-    # not a full timeout after it started.
+    # not a full timeout after it started (that was TIMEOUT * 3 / 4 later here).
     later = deadlines[1:]
-    assert all(deadline <= called + TIMEOUT + 0.01 for deadline in later), (
+    assert all(deadline <= called + TIMEOUT + SLACK for deadline in later), (
         [d - called for d in later],
     )
     assert (await store.recover(ROOM, 0, 10)).seq == 1  # neither was stored
