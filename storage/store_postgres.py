@@ -28,6 +28,9 @@ restarts, the next calls succeed without reopening the store.
 Every call has one deadline (``timeout``) covering the wait for a connection and
 all its statements; the server gets the same as ``statement_timeout`` and
 ``lock_timeout``, so a session whose client went away does not hold locks long.
+An append's deadline starts when ``append`` is called: the wait for a batch to
+take it and the batch's own time share it (a batch runs within the earliest
+deadline of the appends it holds).
 """
 
 from __future__ import annotations
@@ -264,6 +267,7 @@ def _notification(row: asyncpg.Record) -> Notification:
 class _PendingAppend:
     message: NewMessage
     future: asyncio.Future[Appended]
+    deadline: float  # loop time by which the caller is answered
     taken: bool = False  # in a batch: the batch, not the caller, decides the outcome
 
 
@@ -385,15 +389,17 @@ class PostgresStore:
     # Plumbing -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Conn]:
-        """A pool connection for one call: one deadline, errors mapped to the Store's."""
+    async def _connection(self, seconds: float | None = None) -> AsyncIterator[_Conn]:
+        """A pool connection for one call: one deadline (``seconds``, else the store's
+        timeout), errors mapped to the Store's."""
         pool = self._pool
         if pool is None:
             if self._closing:
                 raise StorageUnavailable("store is closed")
             raise StorageError("store is not open")
         try:
-            async with asyncio.timeout(self._timeout), pool.acquire() as conn:
+            deadline = self._timeout if seconds is None else seconds
+            async with asyncio.timeout(deadline), pool.acquire() as conn:
                 try:
                     yield conn
                 except BaseException as exc:
@@ -427,12 +433,12 @@ class PostgresStore:
         if len(self._pending) >= self._max_pending:
             raise StorageUnavailable("storage overloaded")
         loop = asyncio.get_running_loop()
-        item = _PendingAppend(message, loop.create_future())
+        item = _PendingAppend(message, loop.create_future(), loop.time() + self._timeout)
         self._pending.append(item)
         self._kick()
-        # A batch in flight ends within its own deadline; only the wait for a batch
-        # to take the append needs a timer (a plain timer: wait_for costs more).
-        timer = loop.call_later(self._timeout, self._expire, item)
+        # A batch runs within the earliest deadline of its appends; only the wait for
+        # a batch to take the append needs a timer (a plain timer: wait_for costs more).
+        timer = loop.call_at(item.deadline, self._expire, item)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -509,8 +515,12 @@ class PostgresStore:
 
     async def _run_batch(self, items: list[_PendingAppend]) -> None:
         """The top of a batch task: every item's future is resolved when it ends."""
+        # Within the earliest deadline of its appends: the one that waited longest for
+        # a batch is still answered in time, and is not committed after its caller
+        # was told it failed (the COMMIT is never sent once the deadline passed).
+        budget = min(item.deadline for item in items) - asyncio.get_running_loop().time()
         try:
-            results = await self._write_batch([item.message for item in items])
+            results = await self._write_batch([item.message for item in items], budget)
         except Exception as exc:  # noqa: BLE001 -- forwarded to the callers below
             if _is_outage(exc) or len(items) == 1:
                 error = _storage_error(exc)
@@ -531,13 +541,16 @@ class PostgresStore:
                 if not item.future.done():
                     item.future.set_exception(StorageUnavailable("append interrupted"))
 
-    async def _write_batch(self, messages: list[NewMessage]) -> list[Appended]:
+    async def _write_batch(self, messages: list[NewMessage], budget: float) -> list[Appended]:
+        """Write one batch within ``budget`` seconds."""
+        if budget <= 0:
+            raise StorageUnavailable(f"postgres: no batch within {self._timeout}s")
         rooms = sorted({m.room for m in messages})
         ts = self._clock()
         # BEGIN and COMMIT around the one call: a batch whose caller gave up (its
         # deadline passed while PostgreSQL hung) is never committed, because the
         # COMMIT is never sent; a lone statement would commit on its own.
-        async with self._connection() as conn, self._transaction(conn):
+        async with self._connection(budget) as conn, self._transaction(conn):
             rows = await conn.fetch(
                 _APPEND,
                 rooms,
