@@ -20,11 +20,11 @@ from aiohttp import web
 
 from storage import create_store
 
-from .app import create_app
+from .app import create_app, http_options
 from .app_keys import NODE
 from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
-from .listener import FirstRequest
+from .listener import Doorway, FirstRequest
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -108,6 +108,7 @@ async def serve_forever(settings: Settings) -> None:
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout,
+        **http_options(settings.server),
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -117,9 +118,13 @@ async def serve_forever(settings: Settings) -> None:
     try:
         http = runner.server
         assert http is not None
-        websocket = websocket_protocol(app[NODE])
+        node = app[NODE]
+        websocket = websocket_protocol(node)
+        doorway = Doorway(
+            node.admission, settings.server.handshake_timeout, settings.server.close_timeout
+        )
         listener = await loop.create_server(
-            lambda: FirstRequest(http, websocket),
+            lambda: FirstRequest(http, websocket, doorway),
             settings.server.host,
             settings.server.port,
             backlog=4096,

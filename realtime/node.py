@@ -48,6 +48,7 @@ from storage import (
     StoredMessage,
 )
 
+from .admission import Admission
 from .auth import Authenticator, Identity
 from .broker import Broker, BrokerUnavailable
 from .config import NamespaceSettings, Settings
@@ -118,6 +119,8 @@ class Node:
         self.instance_id = instance_id or settings.server.instance_id or secrets.token_hex(4)
         self.draining = False
         self.expiries = ExpiryClock()
+        # Connections that are not yet authenticated WebSockets (listener.py, ws.py).
+        self.admission = Admission(settings.server.max_unauthenticated)
         self._typing: dict[tuple[str, str], float] = {}
         self._state_reads: dict[Room, asyncio.Future[Recovery]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
