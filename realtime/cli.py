@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -100,6 +101,18 @@ collections are rare: p99 send→ack fell from ~200 ms to ~70 ms at that load,
 server CPU per send by a fifth."""
 
 
+def _check_descriptors(unauthenticated: int) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if unauthenticated >= soft // 2:
+        log.warning(
+            "server.max_unauthenticated (%d with the spare places for health checks) is not "
+            "well under the file descriptor limit (%d): a flood of unauthenticated "
+            "connections could leave none for authenticated clients and /healthz",
+            unauthenticated,
+            soft,
+        )
+
+
 async def serve_forever(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain and exit."""
     app = create_app(settings)
@@ -119,6 +132,7 @@ async def serve_forever(settings: Settings) -> None:
         http = runner.server
         assert http is not None
         node = app[NODE]
+        _check_descriptors(node.admission.limit + node.admission.spare_limit)
         websocket = websocket_protocol(node)
         doorway = Doorway(
             node.admission, settings.server.handshake_timeout, settings.server.close_timeout
