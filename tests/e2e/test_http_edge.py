@@ -292,9 +292,25 @@ async def test_beyond_the_cap_new_connections_get_503_and_healthz_still_answers(
             upgrade = await connection.until_closed()
         assert status(upgrade) == 503
         assert error_body(upgrade)["code"] == "unavailable"
+
+        for connection in connections:
+            await connection.close()
+        await places_given_back(capped)
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def places_given_back(server: ServerProcess) -> None:
+    """Wait until an upgrade is accepted again (the server sees the closes in its time)."""
+    async with asyncio.timeout(CLOSE_WITHIN):
+        while True:
+            async with raw(server) as connection:
+                connection.send(UPGRADE + "\r\n")
+                answer = await connection.reader.readuntil(b"\r\n")
+            if status(answer) == 101:
+                return
+            await asyncio.sleep(0.1)
 
 
 async def test_authenticated_websockets_and_closed_connections_give_their_place_back(
