@@ -7,9 +7,11 @@ flight. Cleanup: close the node, then presence, the broker and the store, in tha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -18,11 +20,12 @@ from storage import create_store
 from .app_keys import NODE
 from .broker import Broker
 from .broker_memory import MemoryBroker
-from .config import Settings
+from .config import ServerSettings, Settings
+from .errors import json_error
 from .node import Node
 from .presence import Presence
 from .presence_memory import MemoryPresence
-from .rest import add_routes, api_errors
+from .rest import Handler, add_routes, api_errors
 from .ws import aiohttp_websocket
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,8 @@ def create_seams(settings: Settings, owner: str) -> tuple[Broker, Presence]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        client_max_size=settings.server.max_request_bytes, middlewares=[api_errors]
+        client_max_size=settings.server.max_request_bytes,
+        middlewares=[api_errors, read_body_in_time],
     )
     # Upgrades on a kept-alive HTTP connection; fresh ones never reach aiohttp.
     app.router.add_get("/ws", aiohttp_websocket)
@@ -47,6 +51,36 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_lifecycle(settings))
     app.on_shutdown.append(_drain)
     return app
+
+
+def http_options(settings: ServerSettings) -> dict[str, Any]:
+    """aiohttp's own limits on an HTTP connection (``listener.py`` bounds the first
+    request's head; ``read_body_in_time`` every body)."""
+    return {
+        # Idle between requests; also bounds the head of every request after the first.
+        "keepalive_timeout": settings.keepalive_timeout,
+        # How long the unread rest of a refused body is drained before closing.
+        "lingering_time": settings.close_timeout,
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 128,
+    }
+
+
+@web.middleware
+async def read_body_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request body must arrive within ``server.handshake_timeout``: a client
+    dripping it is answered 408 and its connection closed."""
+    if request.body_exists:
+        timeout = request.app[NODE].settings.server.handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()  # kept: the handler's read() returns it
+        except TimeoutError:
+            response = json_error(408, "timeout", "request body not received in time")
+            response.force_close()
+            return response
+    return await handler(request)
 
 
 def _lifecycle(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:

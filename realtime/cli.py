@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -20,11 +21,11 @@ from aiohttp import web
 
 from storage import create_store
 
-from .app import create_app
+from .app import create_app, http_options
 from .app_keys import NODE
 from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
-from .listener import FirstRequest
+from .listener import Doorway, FirstRequest
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -100,6 +101,18 @@ collections are rare: p99 send→ack fell from ~200 ms to ~70 ms at that load,
 server CPU per send by a fifth."""
 
 
+def _check_descriptors(unauthenticated: int) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if unauthenticated >= soft // 2:
+        log.warning(
+            "server.max_unauthenticated (%d with the spare places for health checks) is not "
+            "well under the file descriptor limit (%d): a flood of unauthenticated "
+            "connections could leave none for authenticated clients and /healthz",
+            unauthenticated,
+            soft,
+        )
+
+
 async def serve_forever(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain and exit."""
     app = create_app(settings)
@@ -108,6 +121,7 @@ async def serve_forever(settings: Settings) -> None:
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout,
+        **http_options(settings.server),
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -117,9 +131,14 @@ async def serve_forever(settings: Settings) -> None:
     try:
         http = runner.server
         assert http is not None
-        websocket = websocket_protocol(app[NODE])
+        node = app[NODE]
+        _check_descriptors(node.admission.limit + node.admission.spare_limit)
+        websocket = websocket_protocol(node)
+        doorway = Doorway(
+            node.admission, settings.server.handshake_timeout, settings.server.close_timeout
+        )
         listener = await loop.create_server(
-            lambda: FirstRequest(http, websocket),
+            lambda: FirstRequest(http, websocket, doorway),
             settings.server.host,
             settings.server.port,
             backlog=4096,

@@ -43,6 +43,10 @@ class ServerSettings:
     rate_limit_strikes: int = 100
     shutdown_timeout: float = 10.0
     close_timeout: float = 3.0
+    # Before a connection is an authenticated WebSocket (see admission.py).
+    handshake_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_unauthenticated: int = 2048
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -61,6 +65,9 @@ class ServerSettings:
         _at_least("server.rate_limit_strikes", self.rate_limit_strikes, 1)
         _at_least("server.shutdown_timeout", self.shutdown_timeout, 0)
         _at_least("server.close_timeout", self.close_timeout, 0.1)
+        _at_least("server.handshake_timeout", self.handshake_timeout, 0.1)
+        _at_least("server.keepalive_timeout", self.keepalive_timeout, 0.1)
+        _at_least("server.max_unauthenticated", self.max_unauthenticated, 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from protocol.outgoing import (
 )
 from storage import StorageError, Store
 
+from .admission import Admission
 from .auth import Authenticator
 from .broker import Broker, BrokerUnavailable
 from .clients import Clients
@@ -79,6 +80,7 @@ class Node:
         self.auth = Authenticator(settings.auth)
         self.policy = Policy(settings.namespaces, store, self.auth)
         self.hub = Hub(broker, self._fetch_missed, settings.delivery, self.metrics)
+        self.admission = Admission(settings.server.max_unauthenticated)
         stored = StoreCalls(self.metrics, settings.storage.timeout)
         publisher = Publisher(broker, self.metrics)
         self.typing = Typing(settings, self.policy, publisher)

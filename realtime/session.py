@@ -106,6 +106,7 @@ class Session:
             return
         try:
             await self._node.clients.authenticate(conn, self._node.auth.verify_user(token))
+            self._node.admission.authenticated(conn)
         except TooManyConnections as error:
             conn.close(CloseCode.TOO_MANY_CONNECTIONS, error.message)
             return
@@ -271,6 +272,7 @@ class Session:
                 self._auth_timer.cancel()
                 self._auth_timer = None
             await node.clients.authenticate(conn, identity)
+            node.admission.authenticated(conn)
         elif command.token is not None:
             self._refresh(command.token)
         rooms: list[JoinResult | RoomFailure] = []

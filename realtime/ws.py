@@ -31,18 +31,21 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 from websockets.datastructures import Headers
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.frames import CloseCode as WebSocketCloseCode
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from protocol import CODECS, JSON, SUBPROTOCOLS, CloseCode
 
+from .admission import Ticket
 from .app_keys import NODE
 from .connection import Connection
 from .frames import close_reason
+from .listener import http_error, refuse
 from .node import Node
 from .session import Session
 
@@ -282,12 +285,32 @@ class WebSocket:
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    """A TCP connection that is a WebSocket from its first request on."""
+    """A TCP connection that is a WebSocket from its first request on.
 
-    __slots__ = ("_handshake", "_node", "_transport", "_ws")
+    The upgrade request must be complete by ``deadline`` (set by ``listener.py``);
+    a malformed one is answered 400, one with a header line over
+    ``MAX_LINE_LENGTH``, more than ``MAX_NUM_HEADERS`` headers or more than
+    ``MAX_HEADER_BYTES`` in all is answered 431. Until the session authenticates,
+    the connection holds its ``Ticket`` in the node's ``Admission``.
+    """
 
-    def __init__(self, node: Node) -> None:
+    __slots__ = (
+        "_deadline",
+        "_handshake",
+        "_node",
+        "_received",
+        "_ticket",
+        "_timer",
+        "_transport",
+        "_ws",
+    )
+
+    def __init__(self, node: Node, ticket: Ticket, deadline: float) -> None:
         self._node = node
+        self._ticket: Ticket | None = ticket
+        self._deadline = deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._received = 0
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerProtocol | None = None
         self._ws: WebSocket | None = None
@@ -295,37 +318,75 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._handshake = ServerProtocol(max_size=self._node.settings.server.max_frame_bytes)
+        self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
             self._ws.receive(data)
             return
         handshake_protocol = self._handshake
-        assert handshake_protocol is not None and self._transport is not None
+        if handshake_protocol is None:
+            return  # refused; the rest is discarded
+        self._received += len(data)
         handshake_protocol.receive_data(data)
         for event in handshake_protocol.events_received():
-            if isinstance(event, Request):
+            if not isinstance(event, Request):
+                continue
+            head = self._received - len(handshake_protocol.reader.buffer)
+            if head > MAX_HEADER_BYTES:
+                self._refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
+            else:
                 self._upgrade(event, handshake_protocol)
-                return
-        if handshake_protocol.state is not State.CONNECTING:
-            self._transport.close()  # not HTTP at all
+            return
+        error = handshake_protocol.handshake_exc
+        if error is not None:
+            self._refuse(*_bad_request(error))
+        elif self._received > MAX_HEADER_BYTES:
+            self._refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
 
     def _upgrade(self, request: Request, handshake_protocol: ServerProtocol) -> None:
         transport = self._transport
         assert transport is not None
-        response, subprotocol = handshake(self._node, request)
-        transport.write(serialize(response))
+        self._cancel_timer()
         self._handshake = None
+        response, subprotocol = handshake(self._node, request)
         if response.status_code != 101:
-            transport.close()
+            self._close_with(serialize(response))
             return
+        transport.write(serialize(response))
         ws = self._ws = WebSocket(
             self._node, transport, subprotocol, request.headers.get("Authorization")
         )
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self._node.admission.opened(ws.conn, ticket)
         # Clients wait for the 101 before sending frames; anything already here is theirs.
         leftover = bytes(handshake_protocol.reader.buffer)
         if leftover:
             ws.receive(leftover)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._ws is None and self._handshake is not None:
+            self._refuse(408, "upgrade request not received within the handshake timeout")
+
+    def _refuse(self, status: int, message: str) -> None:
+        code = "timeout" if status == 408 else "bad_request"
+        self._close_with(http_error(status, code, message))
+
+    def _close_with(self, response: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._cancel_timer()
+        self._handshake = None
+        self._transport = None
+        ticket, self._ticket = self._ticket, None
+        refuse(transport, response, ticket, self._node.settings.server.close_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def eof_received(self) -> bool | None:
         if self._ws is not None:
@@ -333,13 +394,34 @@ class WebSocketProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
         if self._ws is not None:
+            self._node.admission.closed(self._ws.conn)
             self._ws.lost()
             self._ws = None
 
 
-def websocket_protocol(node: Node) -> Callable[[], WebSocketProtocol]:
-    return lambda: WebSocketProtocol(node)
+MAX_HEADER_BYTES = 32 * 1024
+"""All of an upgrade request's head (nginx allows 4 buffers of 8 KiB by default)."""
+
+
+def _bad_request(error: Exception) -> tuple[int, str]:
+    """The status and message for what websockets' parser refused."""
+    if isinstance(error, RequestLineTooLong):
+        return 414, "request line too long"
+    if isinstance(error, HeaderLineTooLong):
+        return 431, f"a header line is over {MAX_LINE_LENGTH} bytes"
+    if isinstance(error, TooManyHeaders):
+        return 431, f"more than {MAX_NUM_HEADERS} headers"
+    cause = error.__cause__ or error
+    return 400, f"malformed upgrade request: {cause}"[:200]
+
+
+def websocket_protocol(node: Node) -> Callable[[Ticket, float], WebSocketProtocol]:
+    return lambda ticket, deadline: WebSocketProtocol(node, ticket, deadline)
 
 
 # The upgrade that arrives on a kept-alive HTTP connection ---------------------------------
