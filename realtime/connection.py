@@ -12,6 +12,7 @@ it grows past the limit the reader is too slow and the connection closes with
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from .frames import encode_frame
 
 if TYPE_CHECKING:
     from .auth import Identity
+
+log = logging.getLogger(__name__)
 
 CloseCallback = Callable[[int, str], None]
 
@@ -76,7 +79,12 @@ class Outbox:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
         for conn in dirty:
-            conn.flush()
+            # One connection's failure must not leave the others' frames unwritten.
+            try:
+                conn.flush()
+            except Exception:
+                log.exception("writing to %s failed; dropping the connection", conn)
+                conn.abort()
 
 
 class Connection:
@@ -213,10 +221,24 @@ class Connection:
         """Start closing with a close code; idempotent, returns at once."""
         if self.closing:
             return
-        # What was queued before the close still goes out, ahead of the close frame.
+        self.end()
+        self._on_close(code, reason)
+
+    def end(self) -> None:
+        """The WebSocket is closing, from either side: take no more frames.
+
+        What was queued before still goes out, ahead of the close frame.
+        """
+        if self.closing:
+            return
         self.flush()
         self.closing = True
-        self._on_close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the connection at once (its transport failed)."""
+        self.closing = True
+        self._pending = None
+        self._transport.abort()
 
     def __repr__(self) -> str:
         user = self.identity.user if self.identity else "-"
