@@ -21,6 +21,7 @@ from protocol import CloseCode, Codec
 from protocol.outgoing import Outgoing
 
 from .frames import encode_frame
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -33,10 +34,15 @@ CloseCallback = Callable[[int, str], None]
 class Outbox:
     """Connections with frames waiting; all written at the end of the loop iteration."""
 
-    __slots__ = ("_dirty", "_schedule", "_scheduled")
+    __slots__ = ("_dirty", "_schedule", "_scheduled", "metrics")
 
-    def __init__(self, schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
+    def __init__(
+        self,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         """``schedule`` runs the flush later; by default at the end of this loop iteration."""
+        self.metrics = metrics or Metrics()
         self._dirty: list[Connection] = []
         self._scheduled = False
         self._schedule = schedule or (lambda flush: asyncio.get_running_loop().call_soon(flush))
@@ -179,7 +185,7 @@ class Connection:
         if transport.is_closing():
             return
         if transport.get_write_buffer_size() > self.buffer_limit:
-            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+            self._too_slow()
             return
         transport.write(b"".join(pending) if isinstance(pending, list) else pending)
 
@@ -213,9 +219,14 @@ class Connection:
         self._held.append(frame)
         self._held_bytes += len(frame)
         if self._held_bytes > self.buffer_limit:
-            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+            self._too_slow()
             return False
         return True
+
+    def _too_slow(self) -> None:
+        if not self.closing:
+            self._outbox.metrics.slow_consumers.inc()
+        self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
 
     def close(self, code: int, reason: str) -> None:
         """Start closing with a close code; idempotent, returns at once."""

@@ -17,7 +17,6 @@ Rules of this module (no awaits here; the hub owns timers and store reads):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 
 from protocol import Codec
 from protocol.outgoing import Message, MessagePush, Outgoing
@@ -30,7 +29,6 @@ class Room:
     __slots__ = (
         "ahead",
         "by_codec",
-        "gap_pending",
         "holds",
         "name",
         "outbox",
@@ -52,7 +50,6 @@ class Room:
         self.recent_size = recent_size
         # Joins in progress: the room must not be dropped while one is under way.
         self.holds = 0
-        self.gap_pending = False
 
     # Membership --------------------------------------------------------------------
 
@@ -62,12 +59,6 @@ class Room:
     def __contains__(self, conn: Connection) -> bool:
         conns = self.by_codec.get(conn.codec)
         return (conns is not None and conn in conns) or any(c is conn for _, c in self.waiting)
-
-    def connections(self) -> Iterator[Connection]:
-        for conns in self.by_codec.values():
-            yield from conns
-        for _, conn in self.waiting:
-            yield conn
 
     def attach(self, conn: Connection, store_seq: int) -> list[Message] | None:
         """Add a connection that has seen everything up to ``store_seq``.

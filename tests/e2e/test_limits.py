@@ -35,6 +35,7 @@ from tests.e2e.helpers_auth import (
     server_process,
     still_open,
 )
+from tests.e2e.support import metric
 from tests.server import ServerProcess, unique
 
 MAX_FRAME = 32768
@@ -329,6 +330,7 @@ async def test_slow_reader_is_closed_4009_and_nobody_else_slows_down(
         _, joined = await raw_reply(slow, 2)
         assert joined["ok"]["room"] == room
 
+        slow_before = await slow_consumers(limits)
         started = time.monotonic()
         sent = await asyncio.gather(
             *(sender.call("send", room=room, body=body, client_id=str(i)) for i in range(count))
@@ -355,12 +357,19 @@ async def test_slow_reader_is_closed_4009_and_nobody_else_slows_down(
         assert received.code == TOO_SLOW, (received, len(seqs))
         assert seqs == list(range(1, len(seqs) + 1))
         assert len(seqs) < count
+        assert await slow_consumers(limits) == slow_before + 1
     finally:
         await slow.close()
     # the others are still fine
     await still_open(fast)
     await still_open(sender)
     await close_all(fast, fast_msgpack, sender)
+
+
+async def slow_consumers(server: ServerProcess) -> float:
+    status, text = await server.rest("GET", "/metrics", key=None)
+    assert status == 200
+    return metric(text, "realtime_slow_consumers_total")
 
 
 # Malformed frames: 4000 ---------------------------------------------------------------------
