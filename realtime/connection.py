@@ -4,21 +4,29 @@ Writes are ready-made frames: no task, queue or coroutine per message. Frames fo
 one connection that come up in the same event-loop iteration leave in one write at
 the end of it (``Outbox``): a burst of pushes (a join storm's presence events, a
 batch of messages committed together) costs one system call per connection, not
-one per push. The transport's own buffer is the per-connection send buffer; when
-it grows past the limit the reader is too slow and the connection closes with
-4009, so one slow client never holds up anyone else.
+one per push. The transport's own buffer is the per-connection send buffer; one
+slow client never holds up anyone else.
+
+A reader that falls behind degrades before it is cut off. Past the soft mark its
+typing and presence pushes are left out, and the next stored message of a room
+stops that room's stream for it: it gets one ``lagged`` push (it has everything
+up to that seq) and leaves the room's fan-out, while it stays a member. A ``join``
+with ``since`` attaches it again like any joiner, with what it missed in the
+reply. Past the hard mark (what still comes: replies, notifications) it is
+closed with 4009.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from protocol import CloseCode, Codec
-from protocol.outgoing import Outgoing
+from protocol.outgoing import LaggedPush, MessagePush, Outgoing, PresencePush, TypingPush
 
 from .frames import encode_frame
 from .metrics import Metrics
@@ -34,7 +42,7 @@ CloseCallback = Callable[[int, str], None]
 class Outbox:
     """Connections with frames waiting; all written at the end of the loop iteration."""
 
-    __slots__ = ("_dirty", "_schedule", "_scheduled", "metrics")
+    __slots__ = ("_dirty", "_schedule", "_scheduled", "metrics", "stopped")
 
     def __init__(
         self,
@@ -43,6 +51,9 @@ class Outbox:
     ) -> None:
         """``schedule`` runs the flush later; by default at the end of this loop iteration."""
         self.metrics = metrics or Metrics()
+        # Connections whose stream of the room being delivered just stopped (lagged):
+        # the room takes them out after its fan-out loop.
+        self.stopped: list[Connection] = []
         self._dirty: list[Connection] = []
         self._scheduled = False
         self._schedule = schedule or (lambda flush: asyncio.get_running_loop().call_soon(flush))
@@ -53,18 +64,20 @@ class Outbox:
             self._scheduled = True
             self._schedule(self.flush)
 
-    def broadcast(self, conns: Iterable[Connection], frame: bytes) -> int:
-        """Queue one frame for many connections: ``send_frame`` without the calls.
+    def broadcast(
+        self, conns: Iterable[Connection], frame: bytes, push: Outgoing, room: str
+    ) -> int:
+        """Queue one push of ``room`` for many connections: ``deliver`` without the calls.
 
         This is the fan-out loop, run once per recipient per push: it touches only
-        what it must. Connections that hold pushes back or are closing take the
-        ordinary path.
+        what it must. Connections that hold pushes back, are closing or are past
+        the soft mark take the ordinary path.
         """
         dirty = self._dirty
         marked = len(dirty)
         count = 0
         for conn in conns:
-            if conn._held is None and not conn.closing:
+            if conn._held is None and not conn.closing and not conn.degraded:
                 pending = conn._pending
                 if pending is None:
                     conn._pending = frame
@@ -75,7 +88,7 @@ class Outbox:
                     conn._pending = [pending, frame]
                 count += 1
             else:
-                count += conn.send_frame(frame)
+                count += conn.deliver(frame, push, room)
         if len(dirty) > marked and not self._scheduled:
             self._scheduled = True
             self._schedule(self.flush)
@@ -106,11 +119,13 @@ class Connection:
         "closing",
         "codec",
         "deadline",
+        "degraded",
         "granted",
         "id",
         "identity",
         "last_seen",
         "rooms",
+        "soft_limit",
         "typing",
     )
 
@@ -122,10 +137,19 @@ class Connection:
         buffer_limit: int,
         on_close: CloseCallback,
         outbox: Outbox,
+        soft_limit: int | None = None,
     ) -> None:
+        """``buffer_limit`` is the hard mark (4009); ``soft_limit`` (by default half
+        of it) where degrading starts; at or above the hard mark, never."""
         self.id = connection_id
         self.codec = codec
         self.buffer_limit = buffer_limit
+        if soft_limit is None:
+            soft_limit = buffer_limit // 2
+        self.soft_limit = soft_limit if soft_limit < buffer_limit else sys.maxsize
+        # Set when a write may have passed the soft mark: pushes take the slow path
+        # (``deliver``), which looks at the buffer and clears it once below.
+        self.degraded = False
         self.identity: Identity | None = None
         self.rooms: set[str] = set()
         # Rooms joined with a room token (the "members" send rule holds without a
@@ -184,10 +208,34 @@ class Connection:
         transport = self._transport
         if transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self.buffer_limit:
+        size = transport.get_write_buffer_size()
+        if size > self.buffer_limit:
             self._too_slow()
             return
-        transport.write(b"".join(pending) if isinstance(pending, list) else pending)
+        data = b"".join(pending) if isinstance(pending, list) else pending
+        transport.write(data)
+        if size + len(data) > self.soft_limit:
+            self.degraded = True
+
+    def deliver(self, frame: bytes, push: Outgoing, room: str) -> bool:
+        """Queue a push of ``room``, degrading past the soft mark; False when not sent."""
+        if self.degraded and not self.closing:
+            if self._transport.get_write_buffer_size() <= self.soft_limit:
+                self.degraded = False
+            elif isinstance(push, TypingPush | PresencePush):
+                kind = "typing" if isinstance(push, TypingPush) else "presence"
+                self._outbox.metrics.pushes_dropped.labels(kind).inc()
+                return False
+            elif isinstance(push, MessagePush) and push.message.seq is not None:
+                self._stop(room, push.message.seq - 1)
+                return False
+        return self.send_frame(frame)
+
+    def _stop(self, room: str, seq: int) -> None:
+        """Stop sending the room's messages: the client has them up to ``seq``."""
+        self._outbox.metrics.lagged.inc()
+        self._outbox.stopped.append(self)
+        self.send_frame(encode_frame(self.codec, LaggedPush(room, seq)))
 
     def send(self, message: Outgoing) -> bool:
         return self.send_frame(encode_frame(self.codec, message))

@@ -176,7 +176,10 @@ class Hub:
         delivered = room.offer(push)
         if delivered:
             self._metrics.deliveries.inc(delivered)
-        if room.has_gap and name not in self._fill_timers:
+        if not room.by_codec and not room.waiting:
+            # Its last connections fell behind (lagged); they rejoin to come back.
+            self._drop_if_unused(room)
+        if room.has_gap and name not in self._fill_timers and self.rooms.get(name) is room:
             self._schedule_fill(name, self._settings.gap_timeout)
 
     def sequenced_rooms(self) -> list[str]:

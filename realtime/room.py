@@ -113,18 +113,26 @@ class Room:
         catch up with them (they have this message already).
         """
         delivered = 0
+        name = self.name
+        outbox = self.outbox
         for codec, conns in self.by_codec.items():
             frame = encode_frame(codec, message)
             if skip_user is None:
-                delivered += self.outbox.broadcast(conns, frame)
+                delivered += outbox.broadcast(conns, frame, message, name)
             else:
                 for conn in conns:
                     if conn.user != skip_user:
-                        delivered += conn.send_frame(frame)
+                        delivered += conn.deliver(frame, message, name)
         if waiting:
+            # Never a stored message: those reach waiting connections by ``_promote``.
             for _, conn in self.waiting:
                 if skip_user is None or conn.user != skip_user:
-                    delivered += conn.send(message)
+                    delivered += conn.deliver(encode_frame(conn.codec, message), message, name)
+        if outbox.stopped:
+            # Fell behind (lagged): out of the fan-out until they join again.
+            for conn in outbox.stopped:
+                self.detach(conn)
+            outbox.stopped.clear()
         return delivered
 
     def offer(self, push: MessagePush) -> int:

@@ -148,6 +148,7 @@ class WebSocket:
             settings.send_buffer_bytes,
             self.close,
             node.hub.outbox,
+            settings.send_buffer_soft_bytes or settings.send_buffer_bytes // 2,
         )
         self._session = Session(node, self.conn)
         self._fragments: list[bytes] | None = None

@@ -76,6 +76,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         env={
             "REALTIME_SERVER_MAX_FRAME_BYTES": str(MAX_FRAME),
             "REALTIME_SERVER_SEND_BUFFER_BYTES": str(SEND_BUFFER),
+            # no degrading first (test_degrade.py has it): straight to 4009
+            "REALTIME_SERVER_SEND_BUFFER_SOFT_BYTES": str(SEND_BUFFER),
             "REALTIME_SERVER_ALLOWED_ORIGINS": ",".join(ORIGINS),
             # the slow-reader test sends a few hundred commands at once
             "REALTIME_SERVER_RATE_LIMIT": "5000",
