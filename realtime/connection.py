@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -146,9 +145,10 @@ class Connection:
         self.buffer_limit = buffer_limit
         if soft_limit is None:
             soft_limit = buffer_limit // 2
-        self.soft_limit = soft_limit if soft_limit < buffer_limit else sys.maxsize
-        # Set when a write may have passed the soft mark: pushes take the slow path
-        # (``deliver``), which looks at the buffer and clears it once below.
+        # At the hard mark the connection closes before it could degrade.
+        self.soft_limit = min(soft_limit, buffer_limit)
+        # Set when a write found the buffer past the soft mark: pushes take the slow
+        # path (``deliver``), which looks at the buffer and clears it once below.
         self.degraded = False
         self.identity: Identity | None = None
         self.rooms: set[str] = set()
@@ -209,13 +209,12 @@ class Connection:
         if transport.is_closing():
             return
         size = transport.get_write_buffer_size()
-        if size > self.buffer_limit:
-            self._too_slow()
-            return
-        data = b"".join(pending) if isinstance(pending, list) else pending
-        transport.write(data)
-        if size + len(data) > self.soft_limit:
+        if size > self.soft_limit:
+            if size > self.buffer_limit:
+                self._too_slow()
+                return
             self.degraded = True
+        transport.write(b"".join(pending) if isinstance(pending, list) else pending)
 
     def deliver(self, frame: bytes, push: Outgoing, room: str) -> bool:
         """Queue a push of ``room``, degrading past the soft mark; False when not sent."""
