@@ -144,6 +144,21 @@ class LeftPush:
         return {"push": "left", "room": self.room, "reason": self.reason}
 
 
+@dataclass(frozen=True, slots=True)
+class LaggedPush:
+    """The connection read too slowly: the room's messages after ``seq`` were not sent.
+
+    It has every message of the room up to ``seq``; ``join`` with ``since=seq``
+    sends the rest and resumes the stream.
+    """
+
+    room: str
+    seq: int
+
+    def to_wire(self, embed: Embed) -> WireMap:
+        return {"push": "lagged", "room": self.room, "seq": self.seq}
+
+
 # Results of commands (the ``ok`` of a reply) ----------------------------------------
 
 
@@ -314,4 +329,13 @@ class ErrorReply:
         return {"id": self.id, "error": {"code": str(self.code), "message": self.message}}
 
 
-Push = MessagePush | TypingPush | PresencePush | ReadPush | NotificationPush | JoinedPush | LeftPush
+Push = (
+    MessagePush
+    | TypingPush
+    | PresencePush
+    | ReadPush
+    | NotificationPush
+    | JoinedPush
+    | LeftPush
+    | LaggedPush
+)

@@ -76,7 +76,7 @@ class Clients:
 
     async def disconnected(self, conn: Connection) -> None:
         """Forget a closed connection: leave its rooms (presence, typing)."""
-        conn.closing = True
+        conn.end()
         for room in list(conn.rooms):
             try:
                 await self._joins.leave(conn, room)

@@ -34,6 +34,8 @@ class ServerSettings:
     max_frame_bytes: int = 256 * 1024
     max_request_bytes: int = 1024 * 1024
     send_buffer_bytes: int = 1024 * 1024
+    # 0: half of send_buffer_bytes; equal to it: never degrade, only close.
+    send_buffer_soft_bytes: int = 0
     ping_interval: float = 25.0
     ping_timeout: float = 60.0
     max_connections_per_user: int = 16
@@ -55,6 +57,9 @@ class ServerSettings:
         _at_least("server.max_frame_bytes", self.max_frame_bytes, 1024)
         _at_least("server.max_request_bytes", self.max_request_bytes, 1024)
         _at_least("server.send_buffer_bytes", self.send_buffer_bytes, 1024)
+        _at_least("server.send_buffer_soft_bytes", self.send_buffer_soft_bytes, 0)
+        if self.send_buffer_soft_bytes > self.send_buffer_bytes:
+            raise ConfigError("server.send_buffer_soft_bytes must be at most send_buffer_bytes")
         _at_least("server.ping_interval", self.ping_interval, 0.1)
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError("server.ping_timeout must be greater than server.ping_interval")

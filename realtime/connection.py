@@ -4,26 +4,37 @@ Writes are ready-made frames: no task, queue or coroutine per message. Frames fo
 one connection that come up in the same event-loop iteration leave in one write at
 the end of it (``Outbox``): a burst of pushes (a join storm's presence events, a
 batch of messages committed together) costs one system call per connection, not
-one per push. The transport's own buffer is the per-connection send buffer; when
-it grows past the limit the reader is too slow and the connection closes with
-4009, so one slow client never holds up anyone else.
+one per push. The transport's own buffer is the per-connection send buffer; one
+slow client never holds up anyone else.
+
+A reader that falls behind degrades before it is cut off. Past the soft mark its
+typing and presence pushes are left out, and the next stored message of a room
+stops that room's stream for it: it gets one ``lagged`` push (it has everything
+up to that seq) and leaves the room's fan-out, while it stays a member. A ``join``
+with ``since`` attaches it again like any joiner, with what it missed in the
+reply. Past the hard mark (what still comes: replies, notifications) it is
+closed with 4009.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from protocol import CloseCode, Codec
-from protocol.outgoing import Outgoing
+from protocol.outgoing import LaggedPush, MessagePush, Outgoing, PresencePush, TypingPush
 
 from .frames import encode_frame
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .auth import Identity
+
+log = logging.getLogger(__name__)
 
 CloseCallback = Callable[[int, str], None]
 
@@ -31,10 +42,18 @@ CloseCallback = Callable[[int, str], None]
 class Outbox:
     """Connections with frames waiting; all written at the end of the loop iteration."""
 
-    __slots__ = ("_dirty", "_schedule", "_scheduled")
+    __slots__ = ("_dirty", "_schedule", "_scheduled", "metrics", "stopped")
 
-    def __init__(self, schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
+    def __init__(
+        self,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         """``schedule`` runs the flush later; by default at the end of this loop iteration."""
+        self.metrics = metrics or Metrics()
+        # Connections whose stream of the room being delivered just stopped (lagged):
+        # the room takes them out after its fan-out loop.
+        self.stopped: list[Connection] = []
         self._dirty: list[Connection] = []
         self._scheduled = False
         self._schedule = schedule or (lambda flush: asyncio.get_running_loop().call_soon(flush))
@@ -45,18 +64,20 @@ class Outbox:
             self._scheduled = True
             self._schedule(self.flush)
 
-    def broadcast(self, conns: Iterable[Connection], frame: bytes) -> int:
-        """Queue one frame for many connections: ``send_frame`` without the calls.
+    def broadcast(
+        self, conns: Iterable[Connection], frame: bytes, push: Outgoing, room: str
+    ) -> int:
+        """Queue one push of ``room`` for many connections: ``deliver`` without the calls.
 
         This is the fan-out loop, run once per recipient per push: it touches only
-        what it must. Connections that hold pushes back or are closing take the
-        ordinary path.
+        what it must. Connections that hold pushes back, are closing or are past
+        the soft mark take the ordinary path.
         """
         dirty = self._dirty
         marked = len(dirty)
         count = 0
         for conn in conns:
-            if conn._held is None and not conn.closing:
+            if conn._held is None and not conn.closing and not conn.degraded:
                 pending = conn._pending
                 if pending is None:
                     conn._pending = frame
@@ -67,7 +88,7 @@ class Outbox:
                     conn._pending = [pending, frame]
                 count += 1
             else:
-                count += conn.send_frame(frame)
+                count += conn.deliver(frame, push, room)
         if len(dirty) > marked and not self._scheduled:
             self._scheduled = True
             self._schedule(self.flush)
@@ -77,7 +98,12 @@ class Outbox:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
         for conn in dirty:
-            conn.flush()
+            # One connection's failure must not leave the others' frames unwritten.
+            try:
+                conn.flush()
+            except Exception:
+                log.exception("writing to %s failed; dropping the connection", conn)
+                conn.abort()
 
 
 class Connection:
@@ -95,9 +121,11 @@ class Connection:
         "closing",
         "codec",
         "deadline",
+        "degraded",
         "id",
         "identity",
         "last_seen",
+        "soft_limit",
     )
 
     def __init__(
@@ -108,10 +136,20 @@ class Connection:
         buffer_limit: int,
         on_close: CloseCallback,
         outbox: Outbox,
+        soft_limit: int | None = None,
     ) -> None:
+        """``buffer_limit`` is the hard mark (4009); ``soft_limit`` (by default half
+        of it) where degrading starts; at or above the hard mark, never."""
         self.id = connection_id
         self.codec = codec
         self.buffer_limit = buffer_limit
+        if soft_limit is None:
+            soft_limit = buffer_limit // 2
+        # At the hard mark the connection closes before it could degrade.
+        self.soft_limit = min(soft_limit, buffer_limit)
+        # Set when a write found the buffer past the soft mark: pushes take the slow
+        # path (``deliver``), which looks at the buffer and clears it once below.
+        self.degraded = False
         self.identity: Identity | None = None
         self._rooms: set[str] = set()
         # Rooms joined with a room token (the "members" send rule holds without a
@@ -208,10 +246,33 @@ class Connection:
         transport = self._transport
         if transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self.buffer_limit:
-            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
-            return
+        size = transport.get_write_buffer_size()
+        if size > self.soft_limit:
+            if size > self.buffer_limit:
+                self._too_slow()
+                return
+            self.degraded = True
         transport.write(b"".join(pending) if isinstance(pending, list) else pending)
+
+    def deliver(self, frame: bytes, push: Outgoing, room: str) -> bool:
+        """Queue a push of ``room``, degrading past the soft mark; False when not sent."""
+        if self.degraded and not self.closing:
+            if self._transport.get_write_buffer_size() <= self.soft_limit:
+                self.degraded = False
+            elif isinstance(push, TypingPush | PresencePush):
+                kind = "typing" if isinstance(push, TypingPush) else "presence"
+                self._outbox.metrics.pushes_dropped.labels(kind).inc()
+                return False
+            elif isinstance(push, MessagePush) and push.message.seq is not None:
+                self._stop(room, push.message.seq - 1)
+                return False
+        return self.send_frame(frame)
+
+    def _stop(self, room: str, seq: int) -> None:
+        """Stop sending the room's messages: the client has them up to ``seq``."""
+        self._outbox.metrics.lagged.inc()
+        self._outbox.stopped.append(self)
+        self.send_frame(encode_frame(self.codec, LaggedPush(room, seq)))
 
     def send(self, message: Outgoing) -> bool:
         return self.send_frame(encode_frame(self.codec, message))
@@ -243,18 +304,37 @@ class Connection:
         self._held.append(frame)
         self._held_bytes += len(frame)
         if self._held_bytes > self.buffer_limit:
-            self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+            self._too_slow()
             return False
         return True
+
+    def _too_slow(self) -> None:
+        if not self.closing:
+            self._outbox.metrics.slow_consumers.inc()
+        self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
 
     def close(self, code: int, reason: str) -> None:
         """Start closing with a close code; idempotent, returns at once."""
         if self.closing:
             return
-        # What was queued before the close still goes out, ahead of the close frame.
+        self.end()
+        self._on_close(code, reason)
+
+    def end(self) -> None:
+        """The WebSocket is closing, from either side: take no more frames.
+
+        What was queued before still goes out, ahead of the close frame.
+        """
+        if self.closing:
+            return
         self.flush()
         self.closing = True
-        self._on_close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the connection at once (its transport failed)."""
+        self.closing = True
+        self._pending = None
+        self._transport.abort()
 
     def __repr__(self) -> str:
         user = self.identity.user if self.identity else "-"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from protocol.outgoing import Message, MessagePush, Outgoing
@@ -51,7 +51,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.users: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
-        self.outbox = Outbox()
+        self.outbox = Outbox(metrics=metrics)
         self._transitions: dict[str, asyncio.Task[None]] = {}
         self._fill_timers: dict[str, asyncio.TimerHandle] = {}
         self._fill_delays: dict[str, float] = {}
@@ -127,10 +127,6 @@ class Hub:
         self._drop_if_unused(room)
         return True
 
-    def room_connections(self, name: str) -> Iterator[Connection]:
-        room = self.rooms.get(name)
-        return room.connections() if room is not None else iter(())
-
     def _drop_if_unused(self, room: Room) -> None:
         if room.holds or len(room) or self.rooms.get(room.name) is not room:
             return
@@ -180,7 +176,10 @@ class Hub:
         delivered = room.offer(push)
         if delivered:
             self._metrics.deliveries.inc(delivered)
-        if room.has_gap and name not in self._fill_timers:
+        if not room.by_codec and not room.waiting:
+            # Its last connections fell behind (lagged); they rejoin to come back.
+            self._drop_if_unused(room)
+        if room.has_gap and name not in self._fill_timers and self.rooms.get(name) is room:
             self._schedule_fill(name, self._settings.gap_timeout)
 
     def sequenced_rooms(self) -> list[str]:

@@ -67,6 +67,17 @@ class Metrics:
         self.slow_consumers = Counter(
             "realtime_slow_consumers", "Connections closed for not reading (4009).", registry=r
         )
+        self.lagged = Counter(
+            "realtime_lagged",
+            "Room streams stopped for connections past the soft send-buffer mark.",
+            registry=r,
+        )
+        self.pushes_dropped = Counter(
+            "realtime_pushes_dropped",
+            "Typing and presence pushes left out for connections past the soft mark.",
+            ["kind"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "realtime_rate_limited", "Commands refused by the rate limit.", registry=r
         )

@@ -17,7 +17,6 @@ Rules of this module (no awaits here; the hub owns timers and store reads):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 
 from protocol import Codec
 from protocol.outgoing import Message, MessagePush, Outgoing
@@ -30,7 +29,6 @@ class Room:
     __slots__ = (
         "ahead",
         "by_codec",
-        "gap_pending",
         "holds",
         "name",
         "outbox",
@@ -52,7 +50,6 @@ class Room:
         self.recent_size = recent_size
         # Joins in progress: the room must not be dropped while one is under way.
         self.holds = 0
-        self.gap_pending = False
 
     # Membership --------------------------------------------------------------------
 
@@ -62,12 +59,6 @@ class Room:
     def __contains__(self, conn: Connection) -> bool:
         conns = self.by_codec.get(conn.codec)
         return (conns is not None and conn in conns) or any(c is conn for _, c in self.waiting)
-
-    def connections(self) -> Iterator[Connection]:
-        for conns in self.by_codec.values():
-            yield from conns
-        for _, conn in self.waiting:
-            yield conn
 
     def attach(self, conn: Connection, store_seq: int) -> list[Message] | None:
         """Add a connection that has seen everything up to ``store_seq``.
@@ -122,18 +113,26 @@ class Room:
         catch up with them (they have this message already).
         """
         delivered = 0
+        name = self.name
+        outbox = self.outbox
         for codec, conns in self.by_codec.items():
             frame = encode_frame(codec, message)
             if skip_user is None:
-                delivered += self.outbox.broadcast(conns, frame)
+                delivered += outbox.broadcast(conns, frame, message, name)
             else:
                 for conn in conns:
                     if conn.user != skip_user:
-                        delivered += conn.send_frame(frame)
+                        delivered += conn.deliver(frame, message, name)
         if waiting:
+            # Never a stored message: those reach waiting connections by ``_promote``.
             for _, conn in self.waiting:
                 if skip_user is None or conn.user != skip_user:
-                    delivered += conn.send(message)
+                    delivered += conn.deliver(encode_frame(conn.codec, message), message, name)
+        if outbox.stopped:
+            # Fell behind (lagged): out of the fan-out until they join again.
+            for conn in outbox.stopped:
+                self.detach(conn)
+            outbox.stopped.clear()
         return delivered
 
     def offer(self, push: MessagePush) -> int:

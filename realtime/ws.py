@@ -152,6 +152,7 @@ class WebSocket:
             settings.send_buffer_bytes,
             self.close,
             node.hub.outbox,
+            settings.send_buffer_soft_bytes or settings.send_buffer_bytes // 2,
         )
         self._session = Session(node, self.conn)
         self._fragments: list[bytes] | None = None
@@ -233,6 +234,11 @@ class WebSocket:
 
     def _flush(self) -> None:
         transport = self._transport
+        if self._frames.state is not State.OPEN:
+            # Closing, whoever started it: the close frame is about to be written,
+            # then the half-close. Frames queued before go out ahead of it; none
+            # may follow (a write after write_eof raises).
+            self.conn.end()
         for data in self._frames.data_to_send():
             if data:
                 transport.write(data)
@@ -267,7 +273,7 @@ class WebSocket:
         """The TCP connection is gone: forget the session (in a task the node owns)."""
         if self._close_timer is not None:
             self._close_timer.cancel()
-        self.conn.closing = True
+        self.conn.end()
         self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
 
     async def _finish(self) -> None:

@@ -35,6 +35,7 @@ from tests.e2e.helpers_auth import (
     server_process,
     still_open,
 )
+from tests.e2e.support import metric
 from tests.server import ServerProcess, unique
 
 MAX_FRAME = 32768
@@ -75,6 +76,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         env={
             "REALTIME_SERVER_MAX_FRAME_BYTES": str(MAX_FRAME),
             "REALTIME_SERVER_SEND_BUFFER_BYTES": str(SEND_BUFFER),
+            # no degrading first (test_degrade.py has it): straight to 4009
+            "REALTIME_SERVER_SEND_BUFFER_SOFT_BYTES": str(SEND_BUFFER),
             "REALTIME_SERVER_ALLOWED_ORIGINS": ",".join(ORIGINS),
             # the slow-reader test sends a few hundred commands at once
             "REALTIME_SERVER_RATE_LIMIT": "5000",
@@ -329,6 +332,7 @@ async def test_slow_reader_is_closed_4009_and_nobody_else_slows_down(
         _, joined = await raw_reply(slow, 2)
         assert joined["ok"]["room"] == room
 
+        slow_before = await slow_consumers(limits)
         started = time.monotonic()
         sent = await asyncio.gather(
             *(sender.call("send", room=room, body=body, client_id=str(i)) for i in range(count))
@@ -355,12 +359,19 @@ async def test_slow_reader_is_closed_4009_and_nobody_else_slows_down(
         assert received.code == TOO_SLOW, (received, len(seqs))
         assert seqs == list(range(1, len(seqs) + 1))
         assert len(seqs) < count
+        assert await slow_consumers(limits) == slow_before + 1
     finally:
         await slow.close()
     # the others are still fine
     await still_open(fast)
     await still_open(sender)
     await close_all(fast, fast_msgpack, sender)
+
+
+async def slow_consumers(server: ServerProcess) -> float:
+    status, text = await server.rest("GET", "/metrics", key=None)
+    assert status == 200
+    return metric(text, "realtime_slow_consumers_total")
 
 
 # Malformed frames: 4000 ---------------------------------------------------------------------

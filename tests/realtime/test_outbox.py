@@ -6,13 +6,15 @@ import asyncio
 from typing import cast
 
 from protocol import JSON
-from protocol.outgoing import OkReply
+from protocol.outgoing import Message, MessagePush, OkReply
 from realtime.auth import Identity
 from realtime.connection import Connection, Outbox
 from realtime.frames import encode_frame
 
 LIMIT = 1000
 TOO_SLOW = (4009, "send buffer full: reading too slowly")
+# What the frames stand for: only a degraded connection looks at it.
+PUSH = MessagePush(Message("swap:1", 1, "a", "{}", 0))
 
 
 class FakeTransport:
@@ -98,9 +100,11 @@ def test_broadcast_queues_for_many_and_counts_who_took_it() -> None:
     busy.conn.send_frame(b"before;")
     held.conn.hold()
     closed.conn.close(1000, "bye")
-    count = outbox.broadcast([p.conn for p in (plain, busy, held, closed)], b"push;")
+    count = outbox.broadcast(
+        [p.conn for p in (plain, busy, held, closed)], b"push;", PUSH, "swap:1"
+    )
     assert count == 3  # not the closing one
-    outbox.broadcast([plain.conn, busy.conn], b"again;")
+    outbox.broadcast([plain.conn, busy.conn], b"again;", PUSH, "swap:1")
     assert len(scheduled) == 1
     outbox.flush()
     assert plain.transport.writes == [b"push;again;"]
@@ -147,11 +151,11 @@ def test_a_full_send_buffer_closes_4009_and_writes_nothing_more() -> None:
     outbox, _ = manual()
     slow, fast = Peer(outbox, "slow"), Peer(outbox, "fast")
     slow.transport.buffered = LIMIT + 1  # the reader stopped reading
-    outbox.broadcast([slow.conn, fast.conn], b"push;")
+    outbox.broadcast([slow.conn, fast.conn], b"push;", PUSH, "swap:1")
     outbox.flush()
     assert slow.closes == [TOO_SLOW] and slow.transport.writes == []
     assert fast.closes == [] and fast.transport.writes == [b"push;"]
-    assert outbox.broadcast([slow.conn, fast.conn], b"next;") == 1
+    assert outbox.broadcast([slow.conn, fast.conn], b"next;", PUSH, "swap:1") == 1
     outbox.flush()
     assert slow.transport.writes == [] and fast.transport.writes == [b"push;", b"next;"]
     assert slow.closes == [TOO_SLOW]  # once

@@ -195,3 +195,33 @@ def test_typing_skips_the_typist() -> None:
     room.attach(b, 0)
     assert room.deliver(TypingPush("swap:1", "a", True), skip_user="a") == 1
     assert frames(a) == [] and len(frames(b)) == 1
+
+
+class HalfClosedTransport(FakeTransport):
+    """A transport after ``write_eof``: every write raises, as asyncio's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("Cannot call write() after write_eof()")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_failing_write_drops_that_connection_and_the_others_are_still_written() -> None:
+    room = Room("swap:1", 8)
+    conns = [conn(f"i{i}") for i in range(5)]
+    broken = conns[2]
+    broken._transport = HalfClosedTransport()
+    for c in conns:
+        room.attach(c, 0)
+    room.offer(push(1))
+    flushed()
+    assert broken._transport.aborted and broken.closing
+    room.offer(push(2))
+    for c in conns:
+        if c is not broken:
+            assert seqs(c) == [1, 2]
