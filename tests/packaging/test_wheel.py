@@ -203,6 +203,7 @@ def test_the_wheel_holds_the_packages_and_all_their_files(installed: Installed) 
             if (
                 path.is_dir()
                 or "__pycache__" in relative.parts
+                or any(part.startswith(".") for part in relative.parts)  # editors' files
                 or path.suffix == ".pyc"
                 or path.name == "README.md"
             ):
