@@ -1,23 +1,32 @@
-# make run   - set up and start one server on the embedded default (SQLite, in-process)
-# make test  - set up and run lint, types and the whole test suite
+# make run   - install the runtime dependencies and start one server on the embedded
+#              default (SQLite, in-process)
+# make test  - install the development tools too and run lint, types and the whole suite
 # make lint  - ruff and mypy only
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint setup setup-test token env clean
+.PHONY: run test lint setup setup-dev setup-test token env clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt
+# Runtime: the server's dependencies only, all that `make run` needs.
+$(BIN)/.runtime: requirements.txt
 	./scripts/system-packages run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+# Development: the runtime plus test, lint, type and benchmark tools.
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-setup: $(BIN)/.installed
+setup: $(BIN)/.runtime
 
-setup-test: setup
+setup-dev: $(BIN)/.dev
+
+setup-test: setup-dev
 	./scripts/system-packages test
 
 data/dev.env:
@@ -34,7 +43,7 @@ token: setup data/dev.env
 env: data/dev.env
 	@cat data/dev.env
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

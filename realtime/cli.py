@@ -1,8 +1,9 @@
 """Command line: ``serve``, ``token`` and ``migrate``.
 
-python -m realtime serve --config config.toml
-python -m realtime token alice [--room swap:1] [--ttl 3600]
-python -m realtime migrate
+realtime serve --config config.toml       (or: python -m realtime serve ...)
+realtime token alice [--room swap:1] [--ttl 3600]
+realtime migrate
+realtime --version
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import resource
 import signal
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import uvloop
@@ -30,10 +33,33 @@ from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
 DEFAULT_CONFIG = "config.toml"
+DISTRIBUTION = "realtime"
+
+
+def package_version() -> str:
+    """The installed distribution's version, or the checkout's from its pyproject.toml."""
+    package = Path(__file__).resolve().parent
+    try:
+        distribution = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    else:
+        # Only if that distribution holds this very code (not another "realtime", nor
+        # an installed copy shadowed by a checkout that runs with `python -m`).
+        installed = Path(str(distribution.locate_file(f"{package.name}/__init__.py")))
+        if installed.resolve() == package / "__init__.py":
+            return distribution.version
+    pyproject = package.parent / "pyproject.toml"
+    try:
+        version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return "unknown"
+    return f"{version} (checkout)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m realtime", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="realtime", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run one instance")
     token = commands.add_parser("token", help="mint a token from the configured secret")
