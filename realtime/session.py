@@ -182,7 +182,7 @@ class Session:
             if command.op == "connect" and not conn.authenticated:
                 conn.close(CloseCode.UNAUTHORIZED, command.message)
             return
-        op = _OPS[type(command)]
+        op = command.op
         started = time.perf_counter()
         joining = isinstance(command, Connect | Join)
         if joining:
@@ -299,19 +299,3 @@ def _bearer(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-_OPS: dict[type, str] = {
-    Connect: "connect",
-    Join: "join",
-    Leave: "leave",
-    Send: "send",
-    Typing: "typing",
-    History: "history",
-    Read: "read",
-    PresenceQuery: "presence",
-    NotificationsQuery: "notifications",
-    NotificationsRead: "notifications.read",
-    Refresh: "refresh",
-    Ping: "ping",
-}
