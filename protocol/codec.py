@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgpack
 import orjson
 
+from . import jsonvalue
 from .errors import FrameError
 from .outgoing import Embed, Outgoing
 
@@ -46,8 +47,8 @@ class JsonCodec(Codec):
 
     def decode(self, data: bytes | str) -> list[object]:
         try:
-            return [orjson.loads(data)]
-        except orjson.JSONDecodeError as error:
+            return [jsonvalue.loads(data)]
+        except ValueError as error:
             lines = _split_lines(data)
             if len(lines) < 2:
                 raise FrameError(f"frame is not valid JSON: {error}") from None
@@ -56,8 +57,8 @@ class JsonCodec(Codec):
         messages: list[object] = []
         for number, line in enumerate(lines, 1):
             try:
-                messages.append(orjson.loads(line))
-            except orjson.JSONDecodeError as error:
+                messages.append(jsonvalue.loads(line))
+            except ValueError as error:
                 raise FrameError(f"line {number} of the frame is not valid JSON: {error}") from None
         return messages
 

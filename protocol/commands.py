@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final, get_args
 
-import orjson
-
+from . import jsonvalue
 from .errors import CommandError, ErrorCode, FrameError, bad_request
 from .rooms import is_room_name, parse_room
 
@@ -101,9 +100,9 @@ class Send:
         if not args.present("body"):
             raise args.error("'body' is required (any JSON value)")
         try:
-            body_json = orjson.dumps(args.raw("body")).decode()
-        except orjson.JSONEncodeError as error:
-            raise args.error(f"'body' must be a JSON value ({error})") from None
+            body_json = jsonvalue.dumps(args.raw("body"))
+        except ValueError as error:
+            raise args.error(f"'body' must be a JSON value: {error}") from None
         return cls(command_id, room, body_json, args.string("client_id", max_length=MAX_CLIENT_ID))
 
 
