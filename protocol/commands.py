@@ -60,7 +60,7 @@ class Connect:
                 if not isinstance(fields, dict):
                     raise args.error("each entry of 'rooms' must be {room, since, epoch}")
                 rooms.append(_Args(cls.op, fields).room_request())
-        return cls(command_id, args.string("token", max_length=MAX_TOKEN), tuple(rooms))
+        return cls(command_id, args.token(), tuple(rooms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +206,7 @@ class Refresh:
 
     @classmethod
     def parse(cls, args: _Args, command_id: int | None) -> Refresh:
-        return cls(command_id, args.required_string("token", max_length=MAX_TOKEN))
+        return cls(command_id, args.required_token())
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,18 +334,29 @@ class _Args:
             )
         return value
 
-    def required_string(self, key: str, *, max_length: int) -> str:
-        value = self.string(key, max_length=max_length)
-        if value is None:
-            raise self.error(f"'{key}' is required")
-        return value
-
     def boolean(self, key: str, *, default: bool | None = None) -> bool:
         value = self._data.get(key)
         if value is None and default is not None:
             return default
         if not isinstance(value, bool):
             raise self.error(f"'{key}' must be true or false")
+        return value
+
+    def token(self, key: str = "token") -> str | None:
+        """A token: a string of at most ``MAX_TOKEN`` bytes, refused as ``too_large`` beyond."""
+        value = self._data.get(key)
+        if isinstance(value, str):
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_TOKEN:
+                raise CommandError(
+                    ErrorCode.TOO_LARGE, f"{self._op}: '{key}' is {size} bytes; at most {MAX_TOKEN}"
+                )
+        return self.string(key, max_length=MAX_TOKEN)
+
+    def required_token(self) -> str:
+        value = self.token()
+        if value is None:
+            raise self.error("'token' is required")
         return value
 
     def raw(self, key: str) -> object:
@@ -361,5 +372,5 @@ class _Args:
             room=self.room(),
             since=since,
             epoch=epoch,
-            token=self.string("token", max_length=MAX_TOKEN),
+            token=self.token(),
         )

@@ -165,7 +165,7 @@ class Session:
     async def _handle(self, command: Command | Rejected) -> None:
         conn = self._conn
         metrics = self._node.metrics
-        if not conn.authenticated and not isinstance(command, Connect):
+        if not conn.authenticated and command.op != Connect.op:  # a Rejected connect too
             self._answer_error(command.id, ErrorCode.UNAUTHORIZED, "send connect first")
             conn.close(CloseCode.UNAUTHORIZED, "the first message must be connect")
             return

@@ -1,6 +1,6 @@
-"""Input a careless or hostile client sends, over real sockets: integers beyond 64 bits
-and NaN. Nothing a client sent is changed: it is kept exactly or refused, and a refusal
-says what was wrong.
+"""Input a careless or hostile client sends, over real sockets: integers beyond 64 bits,
+NaN, and tokens over the size limit. Nothing a client sent is changed: it is kept
+exactly or refused, and a refusal says what was wrong.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ import msgpack
 import pytest
 
 from tests.client import Client, close_all
-from tests.e2e.helpers_auth import running, server_process, still_open
+from tests.e2e.helpers_auth import (
+    UNAUTHORIZED,
+    expect_close,
+    running,
+    server_process,
+    still_open,
+)
 from tests.server import ServerProcess, unique
 
+MAX_TOKEN = 16 * 1024
 HUGE_INTEGERS = [
     "1180591620717411303424",  # 2**70
     "18446744073709551616",  # 2**64
@@ -143,5 +150,65 @@ async def test_a_rest_notification_with_an_integer_beyond_64_bits_is_refused(
         status, reply = await server.rest("POST", "/api/v1/notifications", raw=raw)
         assert (status, reply) == (202, {"recipients": 1})
         assert (await client.push("notification"))["data"] == [2**64 - 1, -(2**63)]
+    finally:
+        await client.close()
+
+
+# Tokens over the size limit ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_connect_with_a_token_over_16_kib_says_so_and_closes_4001(
+    server: ServerProcess, encoding: str
+) -> None:
+    client = await Client.open(server.ws_url, encoding=encoding)
+    try:
+        reply = await client.request("connect", token="x" * (MAX_TOKEN + 1))
+        assert reply.get("error", {}).get("code") == "too_large", reply
+        assert reply["error"]["message"] == (
+            f"connect: 'token' is {MAX_TOKEN + 1} bytes; at most {MAX_TOKEN}"
+        )
+        reason = await expect_close(client, UNAUTHORIZED)
+        assert "16384" in reason
+    finally:
+        await client.close()
+
+
+async def test_a_token_of_16_kib_is_checked_as_a_token(server: ServerProcess) -> None:
+    client = await Client.open(server.ws_url)
+    try:
+        reply = await client.request("connect", token="x" * MAX_TOKEN)
+        assert reply.get("error", {}).get("code") == "unauthorized", reply
+        assert "malformed token" in reply["error"]["message"]
+        await expect_close(client, UNAUTHORIZED)
+    finally:
+        await client.close()
+
+
+async def test_the_limit_counts_bytes_not_characters(server: ServerProcess) -> None:
+    client = await Client.open(server.ws_url)
+    try:
+        reply = await client.request("connect", token="é" * (MAX_TOKEN // 2 + 1))
+        assert reply.get("error", {}).get("code") == "too_large", reply
+        assert f"is {MAX_TOKEN + 2} bytes" in reply["error"]["message"]
+        await expect_close(client, UNAUTHORIZED)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("op", ["refresh", "join"])
+async def test_refresh_or_join_with_a_token_over_16_kib_is_too_large_and_keeps_the_connection(
+    server: ServerProcess, op: str
+) -> None:
+    user = unique("u")
+    client = await Client.connected(server.ws_url, server.token(user))
+    try:
+        args: dict[str, Any] = {"token": "x" * (MAX_TOKEN + 1)}
+        if op == "join":
+            args["room"] = unique("swap:")
+        reply = await client.request(op, **args)
+        assert reply.get("error", {}).get("code") == "too_large", reply
+        assert f"at most {MAX_TOKEN}" in reply["error"]["message"]
+        await still_open(client)
     finally:
         await client.close()

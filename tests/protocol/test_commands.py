@@ -12,6 +12,7 @@ from protocol import JSON, MSGPACK, Codec, ErrorCode, FrameError, decode_command
 from protocol.commands import (
     COMMAND_TYPES,
     MAX_LIMIT,
+    MAX_TOKEN,
     OPS,
     Command,
     Connect,
@@ -212,3 +213,28 @@ def test_every_command_type_round_trips_through_both_codecs(
 
 def test_op_names_are_distinct() -> None:
     assert len(OPS) == len(get_args(Command))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1, "op": "connect", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "connect", "token": "é" * (MAX_TOKEN // 2 + 1)},
+        {"id": 1, "op": "refresh", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "join", "room": "swap:1", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "connect", "rooms": [{"room": "swap:1", "token": "x" * (MAX_TOKEN + 1)}]},
+    ],
+    ids=["connect", "connect-multibyte", "refresh", "join", "connect-room-token"],
+)
+def test_a_token_over_16_kib_is_too_large_and_says_how_large(message: dict[str, object]) -> None:
+    command = rejected(message)
+    assert command.code is ErrorCode.TOO_LARGE
+    assert command.message.endswith(f"bytes; at most {MAX_TOKEN}")
+    assert f"'token' is {MAX_TOKEN + 1} bytes" in command.message or (
+        f"'token' is {MAX_TOKEN + 2} bytes" in command.message
+    )
+
+
+def test_a_token_of_16_kib_is_accepted_by_the_parser() -> None:
+    token = "x" * MAX_TOKEN
+    assert parse_command({"id": 1, "op": "connect", "token": token}) == Connect(1, token)
