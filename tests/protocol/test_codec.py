@@ -81,7 +81,8 @@ def test_replies_encode_as_the_contract_says(codec: Codec) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 def test_a_frame_may_pack_several_messages(codec: Codec) -> None:
     pushes = [NotificationPush(NotificationItem(i, "like", "{}", None, 5)) for i in range(3)]
-    assert [m["id"] for m in codec.decode(codec.encode_many(pushes))] == [0, 1, 2]  # type: ignore[index]
+    frame = (b"\n" if codec is JSON else b"").join(codec.encode(push) for push in pushes)
+    assert [m["id"] for m in codec.decode(frame)] == [0, 1, 2]  # type: ignore[index]
 
 
 def test_json_frames_with_newline_separated_commands() -> None:
