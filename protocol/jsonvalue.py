@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
 from typing import Final
 
@@ -18,8 +17,9 @@ import orjson
 
 # An integer beyond 64 bits has at least 19 digits (-2**63 - 1 has 19, 2**64 has 20).
 # Only text with such a run of digits (anywhere, even in a string) is read twice.
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
-_LONG_DIGITS_TEXT: Final = re.compile(r"[0-9]{19}")
+_RUN: Final = 19
+_AS_DIGIT: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+"""A translation table: every digit to ``0``, every other byte to a space."""
 MIN_INT: Final = -(2**63)
 MAX_INT: Final = 2**64 - 1
 """The integers JSON bodies may hold: what orjson and msgpack both carry exactly."""
@@ -28,11 +28,7 @@ MAX_INT: Final = 2**64 - 1
 def loads(data: bytes | str) -> object:
     """Parse JSON text; raises ``ValueError`` (with the reason) when it is not JSON."""
     value = orjson.loads(data)
-    if isinstance(data, bytes):
-        long_digits = _LONG_DIGITS.search(data) is not None
-    else:
-        long_digits = _LONG_DIGITS_TEXT.search(data) is not None
-    if not long_digits:
+    if not _has_long_digit_run(data.encode() if isinstance(data, str) else data):
         return value
     # orjson accepted the text (it is stricter than json), so json reads the same
     # value, with integers exact instead of floats.
@@ -41,6 +37,15 @@ def loads(data: bytes | str) -> object:
     except RecursionError:
         raise ValueError("nested too deeply to check its integers") from None
     return exact
+
+
+def _has_long_digit_run(data: bytes) -> bool:
+    # Any 19 bytes in a row include one at an offset divisible by 19, so when none of
+    # those bytes is a digit (most frames) there is no such run. The checks run in C:
+    # a regular expression took several times as long as parsing the frame.
+    if b"0" not in data[::_RUN].translate(_AS_DIGIT):
+        return False
+    return b"0" * _RUN in data.translate(_AS_DIGIT)
 
 
 def dumps(value: object) -> str:

@@ -196,3 +196,10 @@ def test_a_msgpack_body_is_kept_exactly_or_refused(body: object) -> None:
         assert isinstance(command, Rejected)
         assert command.code is ErrorCode.BAD_REQUEST
         assert _contains(body, _non_finite)
+
+
+@pytest.mark.parametrize("offset", range(20))
+def test_a_huge_integer_is_found_at_every_offset(offset: int) -> None:
+    text = '["' + "x" * offset + '",' + str(2**64) + "]"
+    assert jsonvalue.loads(text) == ["x" * offset, 2**64]
+    assert jsonvalue.loads(text.encode()) == ["x" * offset, 2**64]
