@@ -8,7 +8,10 @@ every connection of that user is in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import cache
+from operator import attrgetter
 from typing import Any, Final, assert_never, get_args
 
 import msgpack
@@ -105,4 +108,13 @@ def _event(kind: object, values: list[Any]) -> Event:
 
 def _values(record: Any) -> tuple[object, ...]:
     """A dataclass's field values in order (``dataclasses.astuple`` would copy deeply)."""
-    return tuple(getattr(record, field.name) for field in fields(record))
+    values: tuple[object, ...] = _getter(record.__class__)(record)
+    return values
+
+
+@cache
+def _getter(record_type: type) -> Callable[[Any], tuple[object, ...]]:
+    names = [field.name for field in fields(record_type)]
+    if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+        return lambda record: (getattr(record, names[0]),)
+    return attrgetter(*names)
