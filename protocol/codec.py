@@ -6,14 +6,14 @@ concatenated objects. Decoding raises only ``FrameError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Final
 
 import msgpack
 import orjson
 
+from . import jsonvalue
 from .errors import FrameError
-from .outgoing import Embed, Outgoing
+from .outgoing import Outgoing
 
 MAX_MESSAGES_PER_FRAME: Final = 100
 
@@ -23,15 +23,11 @@ class Codec:
 
     subprotocol: str
     binary: bool
-    embed: Embed
 
     def decode(self, data: bytes | str) -> list[object]:
         raise NotImplementedError
 
     def encode(self, message: Outgoing) -> bytes:
-        raise NotImplementedError
-
-    def encode_many(self, messages: Iterable[Outgoing]) -> bytes:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -41,13 +37,11 @@ class Codec:
 class JsonCodec(Codec):
     subprotocol = "rt1.json"
     binary = False
-    # Stored JSON text goes into the frame as it is, never parsed and dumped again.
-    embed = staticmethod(orjson.Fragment)
 
     def decode(self, data: bytes | str) -> list[object]:
         try:
-            return [orjson.loads(data)]
-        except orjson.JSONDecodeError as error:
+            return [jsonvalue.loads(data)]
+        except ValueError as error:
             lines = _split_lines(data)
             if len(lines) < 2:
                 raise FrameError(f"frame is not valid JSON: {error}") from None
@@ -56,16 +50,14 @@ class JsonCodec(Codec):
         messages: list[object] = []
         for number, line in enumerate(lines, 1):
             try:
-                messages.append(orjson.loads(line))
-            except orjson.JSONDecodeError as error:
+                messages.append(jsonvalue.loads(line))
+            except ValueError as error:
                 raise FrameError(f"line {number} of the frame is not valid JSON: {error}") from None
         return messages
 
     def encode(self, message: Outgoing) -> bytes:
+        # Stored JSON text goes into the frame as it is, never parsed and dumped again.
         return orjson.dumps(message.to_wire(orjson.Fragment))
-
-    def encode_many(self, messages: Iterable[Outgoing]) -> bytes:
-        return b"\n".join(orjson.dumps(m.to_wire(orjson.Fragment)) for m in messages)
 
 
 def _split_lines(data: bytes | str) -> list[bytes]:
@@ -76,7 +68,6 @@ def _split_lines(data: bytes | str) -> list[bytes]:
 class MsgpackCodec(Codec):
     subprotocol = "rt1.msgpack"
     binary = True
-    embed = staticmethod(orjson.loads)
 
     def decode(self, data: bytes | str) -> list[object]:
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
@@ -99,10 +90,8 @@ class MsgpackCodec(Codec):
         raise FrameError(f"a frame carries at most {MAX_MESSAGES_PER_FRAME} messages")
 
     def encode(self, message: Outgoing) -> bytes:
+        # Stored JSON text is parsed once, to become msgpack.
         return msgpack.packb(message.to_wire(orjson.loads), use_bin_type=True)
-
-    def encode_many(self, messages: Iterable[Outgoing]) -> bytes:
-        return b"".join(msgpack.packb(m.to_wire(orjson.loads), use_bin_type=True) for m in messages)
 
 
 JSON: Final = JsonCodec()

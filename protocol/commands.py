@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Final, get_args
 
-import orjson
-
+from . import jsonvalue
 from .errors import CommandError, ErrorCode, FrameError, bad_request
 from .rooms import is_room_name, parse_room
 
@@ -37,87 +37,186 @@ class RoomRequest:
     token: str | None = None
 
 
+# Each command names its op and parses its own arguments; the table of ops is built
+# from the ``Command`` union below, so a new command is a class and a union member.
+
+
 @dataclass(frozen=True, slots=True)
 class Connect:
+    op: ClassVar[str] = "connect"
     id: int | None
     token: str | None
     rooms: tuple[RoomRequest, ...] = ()
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Connect:
+        rooms_value = args.raw("rooms")
+        rooms: list[RoomRequest] = []
+        if rooms_value is not None:
+            if not isinstance(rooms_value, list) or len(rooms_value) > MAX_CONNECT_ROOMS:
+                raise args.error(f"'rooms' must be a list of at most {MAX_CONNECT_ROOMS} entries")
+            for entry in rooms_value:
+                fields = {"room": entry} if isinstance(entry, str) else entry
+                if not isinstance(fields, dict):
+                    raise args.error("each entry of 'rooms' must be {room, since, epoch}")
+                rooms.append(_Args(cls.op, fields).room_request())
+        return cls(command_id, args.token(), tuple(rooms))
+
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    op: ClassVar[str] = "join"
     id: int | None
     request: RoomRequest
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Join:
+        return cls(command_id, args.room_request())
 
 
 @dataclass(frozen=True, slots=True)
 class Leave:
+    op: ClassVar[str] = "leave"
     id: int | None
     room: str
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Leave:
+        return cls(command_id, args.room())
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    op: ClassVar[str] = "send"
     id: int | None
     room: str
     body_json: str
     """The body as JSON text, ready to store; its size is what limits apply to."""
     client_id: str | None = None
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Send:
+        room = args.room()
+        if not args.present("body"):
+            raise args.error("'body' is required (any JSON value)")
+        try:
+            body_json = jsonvalue.dumps(args.raw("body"))
+        except ValueError as error:
+            raise args.error(f"'body' must be a JSON value: {error}") from None
+        return cls(command_id, room, body_json, args.string("client_id", max_length=MAX_CLIENT_ID))
+
 
 @dataclass(frozen=True, slots=True)
 class Typing:
+    op: ClassVar[str] = "typing"
     id: int | None
     room: str
     active: bool
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Typing:
+        return cls(command_id, args.room(), args.boolean("active"))
+
 
 @dataclass(frozen=True, slots=True)
 class History:
+    op: ClassVar[str] = "history"
     id: int | None
     room: str
     before: int | None = None
     after: int | None = None
     limit: int = DEFAULT_LIMIT
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> History:
+        before = args.integer("before", minimum=1)
+        after = args.integer("after")
+        if before is not None and after is not None:
+            raise args.error("give 'before' or 'after', not both")
+        return cls(command_id, args.room(), before, after, args.limit())
+
 
 @dataclass(frozen=True, slots=True)
 class Read:
+    op: ClassVar[str] = "read"
     id: int | None
     room: str
     seq: int
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Read:
+        return cls(command_id, args.room(), args.required_integer("seq"))
+
 
 @dataclass(frozen=True, slots=True)
 class PresenceQuery:
+    op: ClassVar[str] = "presence"
     id: int | None
     room: str
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> PresenceQuery:
+        return cls(command_id, args.room())
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationsQuery:
+    op: ClassVar[str] = "notifications"
     id: int | None
     after: int | None = None
     limit: int = DEFAULT_LIMIT
     unread: bool = False
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> NotificationsQuery:
+        return cls(
+            command_id, args.integer("after"), args.limit(), args.boolean("unread", default=False)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class NotificationsRead:
+    op: ClassVar[str] = "notifications.read"
     id: int | None
     ids: tuple[int, ...] | None = None
     up_to: int | None = None
 
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> NotificationsRead:
+        ids_value = args.raw("ids")
+        up_to = args.integer("up_to")
+        if (ids_value is None) == (up_to is None):
+            raise args.error("give 'ids' (a list of notification ids) or 'up_to' (an id)")
+        if ids_value is None:
+            return cls(command_id, up_to=up_to)
+        if (
+            not isinstance(ids_value, list)
+            or len(ids_value) > MAX_READ_IDS
+            or not all(type(i) is int and 0 < i <= MAX_ID for i in ids_value)
+        ):
+            raise args.error(f"'ids' must be a list of at most {MAX_READ_IDS} positive integers")
+        return cls(command_id, ids=tuple(ids_value))
+
 
 @dataclass(frozen=True, slots=True)
 class Refresh:
+    op: ClassVar[str] = "refresh"
     id: int | None
     token: str
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Refresh:
+        return cls(command_id, args.required_token())
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    op: ClassVar[str] = "ping"
     id: int | None
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> Ping:
+        return cls(command_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +243,12 @@ Command = (
     | Refresh
     | Ping
 )
+
+COMMAND_TYPES: Final[tuple[type[Command], ...]] = get_args(Command)
+_PARSERS: Final[dict[str, Callable[[_Args, int | None], Command]]] = {
+    command.op: command.parse for command in COMMAND_TYPES
+}
+OPS: Final = frozenset(_PARSERS)
 
 
 def parse_command(message: object) -> Command | Rejected:
@@ -229,18 +334,29 @@ class _Args:
             )
         return value
 
-    def required_string(self, key: str, *, max_length: int) -> str:
-        value = self.string(key, max_length=max_length)
-        if value is None:
-            raise self.error(f"'{key}' is required")
-        return value
-
     def boolean(self, key: str, *, default: bool | None = None) -> bool:
         value = self._data.get(key)
         if value is None and default is not None:
             return default
         if not isinstance(value, bool):
             raise self.error(f"'{key}' must be true or false")
+        return value
+
+    def token(self, key: str = "token") -> str | None:
+        """A token: a string of at most ``MAX_TOKEN`` bytes, refused as ``too_large`` beyond."""
+        value = self._data.get(key)
+        if isinstance(value, str):
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_TOKEN:
+                raise CommandError(
+                    ErrorCode.TOO_LARGE, f"{self._op}: '{key}' is {size} bytes; at most {MAX_TOKEN}"
+                )
+        return self.string(key, max_length=MAX_TOKEN)
+
+    def required_token(self) -> str:
+        value = self.token()
+        if value is None:
+            raise self.error("'token' is required")
         return value
 
     def raw(self, key: str) -> object:
@@ -256,106 +372,5 @@ class _Args:
             room=self.room(),
             since=since,
             epoch=epoch,
-            token=self.string("token", max_length=MAX_TOKEN),
+            token=self.token(),
         )
-
-
-def _connect(args: _Args, command_id: int | None) -> Connect:
-    rooms_value = args.raw("rooms")
-    rooms: list[RoomRequest] = []
-    if rooms_value is not None:
-        if not isinstance(rooms_value, list) or len(rooms_value) > MAX_CONNECT_ROOMS:
-            raise args.error(f"'rooms' must be a list of at most {MAX_CONNECT_ROOMS} entries")
-        for entry in rooms_value:
-            fields = {"room": entry} if isinstance(entry, str) else entry
-            if not isinstance(fields, dict):
-                raise args.error("each entry of 'rooms' must be {room, since, epoch}")
-            rooms.append(_Args("connect", fields).room_request())
-    return Connect(command_id, args.string("token", max_length=MAX_TOKEN), tuple(rooms))
-
-
-def _join(args: _Args, command_id: int | None) -> Join:
-    return Join(command_id, args.room_request())
-
-
-def _leave(args: _Args, command_id: int | None) -> Leave:
-    return Leave(command_id, args.room())
-
-
-def _send(args: _Args, command_id: int | None) -> Send:
-    room = args.room()
-    if not args.present("body"):
-        raise args.error("'body' is required (any JSON value)")
-    try:
-        body_json = orjson.dumps(args.raw("body")).decode()
-    except orjson.JSONEncodeError as error:
-        raise args.error(f"'body' must be a JSON value ({error})") from None
-    return Send(command_id, room, body_json, args.string("client_id", max_length=MAX_CLIENT_ID))
-
-
-def _typing(args: _Args, command_id: int | None) -> Typing:
-    return Typing(command_id, args.room(), args.boolean("active"))
-
-
-def _history(args: _Args, command_id: int | None) -> History:
-    before = args.integer("before", minimum=1)
-    after = args.integer("after")
-    if before is not None and after is not None:
-        raise args.error("give 'before' or 'after', not both")
-    return History(command_id, args.room(), before, after, args.limit())
-
-
-def _read(args: _Args, command_id: int | None) -> Read:
-    return Read(command_id, args.room(), args.required_integer("seq"))
-
-
-def _presence(args: _Args, command_id: int | None) -> PresenceQuery:
-    return PresenceQuery(command_id, args.room())
-
-
-def _notifications(args: _Args, command_id: int | None) -> NotificationsQuery:
-    return NotificationsQuery(
-        command_id, args.integer("after"), args.limit(), args.boolean("unread", default=False)
-    )
-
-
-def _notifications_read(args: _Args, command_id: int | None) -> NotificationsRead:
-    ids_value = args.raw("ids")
-    up_to = args.integer("up_to")
-    if (ids_value is None) == (up_to is None):
-        raise args.error("give 'ids' (a list of notification ids) or 'up_to' (an id)")
-    if ids_value is None:
-        return NotificationsRead(command_id, up_to=up_to)
-    if (
-        not isinstance(ids_value, list)
-        or len(ids_value) > MAX_READ_IDS
-        or not all(type(i) is int and 0 < i <= MAX_ID for i in ids_value)
-    ):
-        raise args.error(f"'ids' must be a list of at most {MAX_READ_IDS} positive integers")
-    return NotificationsRead(command_id, ids=tuple(ids_value))
-
-
-def _refresh(args: _Args, command_id: int | None) -> Refresh:
-    return Refresh(command_id, args.required_string("token", max_length=MAX_TOKEN))
-
-
-def _ping(args: _Args, command_id: int | None) -> Ping:
-    return Ping(command_id)
-
-
-_PARSERS: dict[str, Callable[[_Args, int | None], Command]] = {
-    "connect": _connect,
-    "join": _join,
-    "leave": _leave,
-    "send": _send,
-    "typing": _typing,
-    "history": _history,
-    "read": _read,
-    "presence": _presence,
-    "notifications": _notifications,
-    "notifications.read": _notifications_read,
-    "refresh": _refresh,
-    "ping": _ping,
-}
-
-OPS = frozenset(_PARSERS)

@@ -22,6 +22,9 @@ from protocol import CommandError, ErrorCode
 from .config import AuthSettings
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_NUMERIC_DATE = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest ``exp``, ``iat`` or ``nbf`` a token may carry."""
+TIME_CLAIMS = ("exp", "iat", "nbf")
 
 
 class AuthError(CommandError):
@@ -64,7 +67,10 @@ class Authenticator:
         claims = self._decode(token)
         if claims["sub"] != user:
             raise AuthError("room token was issued to another user")
-        if claims.get("room") != room:
+        granted = claims.get("room")
+        if not isinstance(granted, str):
+            raise AuthError("room token's 'room' must be a room name (a string)")
+        if granted != room:
             raise AuthError(f"room token is not for room {room}")
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -95,6 +101,14 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not USER_ID.fullmatch(subject):
             raise AuthError("token 'sub' must be a user id matching [A-Za-z0-9_.:-]{1,128}")
+        # PyJWT reads these with int(), which takes "1700000000", true and 2**64; the
+        # connect reply carries exp, so it must be a number that any encoding can carry.
+        for name in TIME_CLAIMS:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise AuthError(
+                    f"token '{name}' must be a number of seconds since 1970 up to the year"
+                    f" 9999, got {claims[name]!r:.40}"
+                )
         return claims
 
     def _key_for(self, algorithm: str, header: dict[str, Any]) -> Any:
@@ -141,3 +155,10 @@ class Authenticator:
         # Compare with every key, without stopping early, so timing says nothing.
         matches = [hmac.compare_digest(candidate, known) for known in self._service_keys]
         return any(matches)
+
+
+def _is_numeric_date(value: object) -> bool:
+    """Seconds since 1970 as a number (not a string, not a bool), up to the year 9999."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 <= value <= MAX_NUMERIC_DATE  # false for NaN too

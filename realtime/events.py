@@ -9,7 +9,10 @@ every connection of that user is in.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cache
+from operator import attrgetter
+from typing import Any, Final, assert_never, get_args
 
 import msgpack
 
@@ -57,8 +60,11 @@ Event = (
 #
 # An event crosses the broker as one msgpack array: [origin, kind, *fields]. ``origin``
 # is the publishing instance, so it can skip its own echo (it delivered locally).
+# ``kind`` is the event type's place in ``EVENT_TYPES``, the ``Event`` union in order:
+# instances of different versions share a broker, so new types go at the end.
 
-_MESSAGE, _TYPING, _PRESENCE, _READ, _NOTIFICATION, _DISCONNECT, _MEMBERSHIP = range(7)
+EVENT_TYPES: Final[tuple[type[Event], ...]] = get_args(Event)
+_KIND: Final[dict[type[Event], int]] = {event: kind for kind, event in enumerate(EVENT_TYPES)}
 
 
 class EventFormatError(ValueError):
@@ -66,50 +72,49 @@ class EventFormatError(ValueError):
 
 
 def pack_event(origin: str, event: Event) -> bytes:
-    fields: list[object]
-    if isinstance(event, MessagePush):
-        m = event.message
-        fields = [_MESSAGE, m.room, m.seq, m.user, m.body_json, m.ts, m.client_id]
-    elif isinstance(event, TypingPush):
-        fields = [_TYPING, event.room, event.user, event.active]
-    elif isinstance(event, PresencePush):
-        fields = [_PRESENCE, event.room, event.user, event.event]
-    elif isinstance(event, ReadPush):
-        fields = [_READ, event.room, event.user, event.seq]
-    elif isinstance(event, NotificationPush):
-        n = event.item
-        fields = [_NOTIFICATION, n.id, n.type, n.data_json, n.actor, n.ts, n.read]
-    elif isinstance(event, UserDisconnect):
-        fields = [_DISCONNECT, event.user, event.reason]
-    else:
-        fields = [_MEMBERSHIP, event.user, event.room, event.joined, event.reason]
-    return msgpack.packb([origin, *fields], use_bin_type=True)
+    return msgpack.packb([origin, _KIND[type(event)], *_fields(event)], use_bin_type=True)
 
 
 def unpack_event(data: bytes) -> tuple[str, Event]:
     try:
-        origin, kind, *fields = msgpack.unpackb(data, raw=False)
-        return origin, _BUILDERS[kind](*fields)
-    except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as error:
+        origin, kind, *values = msgpack.unpackb(data, raw=False)
+        return origin, _event(kind, values)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
         raise EventFormatError(f"not an event: {error}") from None
 
 
-def _message(
-    room: str, seq: int | None, user: str | None, body: str, ts: int, client_id: str | None
-) -> Event:
-    return MessagePush(Message(room, seq, user, body, ts, client_id))
+def _fields(event: Event) -> tuple[object, ...]:
+    """An event's fields in order; a push that wraps a record travels as the record's."""
+    match event:
+        case MessagePush(message=record) | NotificationPush(item=record):
+            return _values(record)
+        case TypingPush() | PresencePush() | ReadPush() | UserDisconnect() | MembershipChange():
+            return _values(event)
+        case _:
+            assert_never(event)
 
 
-def _notification(id: int, type: str, data: str, actor: str | None, ts: int, read: bool) -> Event:
-    return NotificationPush(NotificationItem(id, type, data, actor, ts, read))
+def _event(kind: object, values: list[Any]) -> Event:
+    """The inverse of ``pack_event``'s kind and ``_fields``."""
+    if type(kind) is not int or not 0 <= kind < len(EVENT_TYPES):
+        raise ValueError(f"unknown kind {kind!r:.20}")
+    event_type = EVENT_TYPES[kind]
+    if event_type is MessagePush:
+        return MessagePush(Message(*values))
+    if event_type is NotificationPush:
+        return NotificationPush(NotificationItem(*values))
+    return event_type(*values)
 
 
-_BUILDERS: dict[int, Callable[..., Event]] = {
-    _MESSAGE: _message,
-    _TYPING: TypingPush,
-    _PRESENCE: PresencePush,
-    _READ: ReadPush,
-    _NOTIFICATION: _notification,
-    _DISCONNECT: UserDisconnect,
-    _MEMBERSHIP: MembershipChange,
-}
+def _values(record: Any) -> tuple[object, ...]:
+    """A dataclass's field values in order (``dataclasses.astuple`` would copy deeply)."""
+    values: tuple[object, ...] = _getter(record.__class__)(record)
+    return values
+
+
+@cache
+def _getter(record_type: type) -> Callable[[Any], tuple[object, ...]]:
+    names = [field.name for field in fields(record_type)]
+    if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+        return lambda record: (getattr(record, names[0]),)
+    return attrgetter(*names)

@@ -6,7 +6,7 @@ connection: fan-out builds a frame once per push and encoding, then writes it.
 
 from __future__ import annotations
 
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Frame, Opcode
 
 from protocol import Codec
 from protocol.outgoing import Outgoing
@@ -24,11 +24,6 @@ def encode_frame(codec: Codec, message: Outgoing) -> bytes:
 def close_reason(reason: str) -> bytes:
     """A close reason cut to the 123 bytes a close frame allows, on a character boundary."""
     return reason.encode()[:123].decode("utf-8", "ignore").encode()
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    payload = Close(code, close_reason(reason).decode()).serialize()
-    return Frame(Opcode.CLOSE, payload).serialize(mask=False)
 
 
 PING_FRAME = Frame(Opcode.PING, b"").serialize(mask=False)

@@ -8,6 +8,9 @@ from typing import Any
 from protocol.rooms import ROOM_PATTERN
 
 USER_PATTERN = "^[A-Za-z0-9_.:-]{1,128}$"
+_ANY_JSON = (
+    "Any JSON value, kept exactly: integers from -2**63 to 2**64-1 (larger ones are refused)."
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -308,7 +311,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["body"],
                     "properties": {
-                        "body": {"description": "Any JSON value."},
+                        "body": {"description": _ANY_JSON},
                         "user": {
                             "type": "string",
                             "pattern": USER_PATTERN,
@@ -371,7 +374,7 @@ def openapi_document() -> dict[str, Any]:
                             "maxLength": 64,
                             "description": "like, comment, follow, mention, ...",
                         },
-                        "data": {"description": "Any JSON value."},
+                        "data": {"description": _ANY_JSON},
                         "actor": {"type": "string", "pattern": USER_PATTERN},
                     },
                 },

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from protocol import CommandError, ErrorCode, parse_command
+from protocol import CommandError, ErrorCode, jsonvalue, parse_command
 from protocol.commands import MAX_LIMIT, History, NotificationsQuery, NotificationsRead, Rejected
 from protocol.commands import Send as SendCommand
 from protocol.outgoing import Embed, Outgoing
@@ -86,8 +86,8 @@ async def _json_body(request: web.Request, *, required: bool = True) -> dict[str
             raise _bad("a JSON object body is required")
         return {}
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
+        body = jsonvalue.loads(raw)
+    except ValueError as error:
         raise _bad(f"body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
@@ -228,7 +228,10 @@ async def post_notification(request: web.Request) -> web.Response:
     actor = body.get("actor")
     if actor is not None and (not isinstance(actor, str) or not USER_ID.fullmatch(actor)):
         raise _bad("'actor' must be a user id or absent")
-    data_json = orjson.dumps(body.get("data")).decode()
+    try:
+        data_json = jsonvalue.dumps(body.get("data"))
+    except ValueError as error:
+        raise _bad(f"'data' must be a JSON value: {error}") from None
     if len(data_json) > request.app[NODE].settings.namespaces["user"].max_body_bytes:
         raise CommandError(ErrorCode.TOO_LARGE, "'data' is larger than the user namespace allows")
     recipients = await _node(request).notices.notify(

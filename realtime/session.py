@@ -176,7 +176,7 @@ class Session:
     async def _handle(self, arrived: float, command: Command | Rejected) -> None:
         conn = self._conn
         metrics = self._node.metrics
-        if not conn.authenticated and not isinstance(command, Connect):
+        if not conn.authenticated and command.op != Connect.op:  # a Rejected connect too
             self._answer_error(command.id, ErrorCode.UNAUTHORIZED, "send connect first")
             conn.close(CloseCode.UNAUTHORIZED, "the first message must be connect")
             return
@@ -193,7 +193,7 @@ class Session:
             if command.op == "connect" and not conn.authenticated:
                 conn.close(CloseCode.UNAUTHORIZED, command.message)
             return
-        op = _OPS[type(command)]
+        op = command.op
         started = time.perf_counter()
         joining = isinstance(command, Connect | Join)
         if joining:
@@ -310,19 +310,3 @@ def _bearer(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-_OPS: dict[type, str] = {
-    Connect: "connect",
-    Join: "join",
-    Leave: "leave",
-    Send: "send",
-    Typing: "typing",
-    History: "history",
-    Read: "read",
-    PresenceQuery: "presence",
-    NotificationsQuery: "notifications",
-    NotificationsRead: "notifications.read",
-    Refresh: "refresh",
-    Ping: "ping",
-}

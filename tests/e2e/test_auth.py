@@ -51,6 +51,7 @@ AUTH_TIMEOUT = 1.0
 LEEWAY = 1.0
 MAX_CONNECTIONS = 2
 OTHER_SECRET = "another-secret-" + "y" * 20
+LAST_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 @cache
@@ -91,6 +92,17 @@ BAD_TOKENS: dict[str, Callable[[str], str]] = {
     "expired-long-ago": lambda u: hs(claims(u, iat=1, exp=2)),
     "nbf-in-the-future": lambda u: hs(claims(u, nbf=later(120))),
     "exp-not-a-number": lambda u: hs(claims(u, exp="tomorrow")),
+    # claims PyJWT reads with int(): numbers as strings, booleans, beyond any encoding
+    "exp-a-numeric-string": lambda u: hs(claims(u, exp=str(later(3600)))),
+    "exp-2-to-the-64": lambda u: hs(claims(u, exp=2**64)),
+    "exp-2-to-the-70": lambda u: hs(claims(u, exp=2**70)),
+    "exp-after-the-year-9999": lambda u: hs(claims(u, exp=LAST_NUMERIC_DATE + 1)),
+    "exp-a-huge-float": lambda u: hs(claims(u, exp=1e300)),
+    "exp-a-list": lambda u: hs(claims(u, exp=[later(3600)])),
+    "iat-a-numeric-string": lambda u: hs(claims(u, iat=str(later(-10)))),
+    "iat-true": lambda u: hs(claims(u, iat=True)),
+    "nbf-a-numeric-string": lambda u: hs(claims(u, nbf=str(later(-10)))),
+    "nbf-negative": lambda u: hs(claims(u, nbf=-1)),
     # signature
     "wrong-secret": lambda u: hs(claims(u), secret=OTHER_SECRET),
     "tampered-payload": _tampered,
@@ -149,6 +161,7 @@ async def test_good_tokens_connect(server: ServerProcess, encoding: str) -> None
         hs(claims(user, nbf=later(-60))),
         hs(claims(user, exp=later(-2))),  # expired, but within the leeway (5 s by default)
         hs(claims(user, exp=float(later(60)) + 0.5)),  # NumericDate may be fractional
+        hs(claims(user, exp=LAST_NUMERIC_DATE)),
     ]
     for token in accepted:
         client = await Client.connected(server.ws_url, token, encoding=encoding)
@@ -222,7 +235,17 @@ async def test_header_auth_needs_no_connect(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["garbage", "expired", "alg-none", "wrong-secret", "room-token", "missing-sub"]
+    "case",
+    [
+        "garbage",
+        "expired",
+        "alg-none",
+        "wrong-secret",
+        "room-token",
+        "missing-sub",
+        "exp-2-to-the-64",
+        "exp-a-numeric-string",
+    ],
 )
 async def test_header_auth_with_a_bad_token_upgrades_then_closes_4001(
     server: ServerProcess, case: str
@@ -391,7 +414,17 @@ async def test_refresh_with_another_users_token_is_forbidden(server: ServerProce
 
 
 @pytest.mark.parametrize(
-    "case", ["expired", "wrong-secret", "alg-none", "room-token", "garbage", "missing-exp"]
+    "case",
+    [
+        "expired",
+        "wrong-secret",
+        "alg-none",
+        "room-token",
+        "garbage",
+        "missing-exp",
+        "exp-2-to-the-64",
+        "exp-a-numeric-string",
+    ],
 )
 async def test_refresh_with_a_bad_token_is_unauthorized_and_keeps_the_connection(
     server: ServerProcess, case: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import msgpack
 import orjson
@@ -81,7 +82,8 @@ def test_replies_encode_as_the_contract_says(codec: Codec) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 def test_a_frame_may_pack_several_messages(codec: Codec) -> None:
     pushes = [NotificationPush(NotificationItem(i, "like", "{}", None, 5)) for i in range(3)]
-    assert [m["id"] for m in codec.decode(codec.encode_many(pushes))] == [0, 1, 2]  # type: ignore[index]
+    frame = (b"\n" if codec is JSON else b"").join(codec.encode(push) for push in pushes)
+    assert [m["id"] for m in codec.decode(frame)] == [0, 1, 2]  # type: ignore[index]
 
 
 def test_json_frames_with_newline_separated_commands() -> None:
@@ -151,6 +153,43 @@ def test_arbitrary_maps_raise_only_protocol_errors(
     message: dict[str, object], codec: Codec
 ) -> None:
     frame = orjson.dumps(message) if codec is JSON else msgpack.packb(message)
+    with contextlib.suppress(ProtocolError):
+        decode_commands(codec, frame)
+
+
+# Any number at all: integers beyond 64 bits (JSON text only: msgpack cannot carry
+# them), NaN and infinity (msgpack only: JSON text cannot).
+any_numbers = st.recursive(
+    st.none()
+    | st.integers()
+    | st.integers(2**64 - 2, 2**64 + 2)
+    | st.floats()
+    | st.text(alphabet="0123456789", max_size=25),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "op", "room", "body", "since", "seq", "ids", "limit", "after"]),
+        any_numbers,
+        max_size=6,
+    ),
+    st.sampled_from(CODECS),
+    st.sampled_from(["send", "join", "read", "history", "notifications.read"]),
+)
+def test_arbitrary_numbers_raise_only_protocol_errors(
+    message: dict[str, object], codec: Codec, op: str
+) -> None:
+    message.setdefault("op", op)
+    try:
+        frame = json.dumps(message, allow_nan=False) if codec is JSON else msgpack.packb(message)
+    except (ValueError, OverflowError):
+        return  # a number this encoding cannot carry
     with contextlib.suppress(ProtocolError):
         decode_commands(codec, frame)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
+import msgpack
+import orjson
 import pytest
 
-from protocol import ErrorCode, FrameError, parse_command
+from protocol import JSON, MSGPACK, Codec, ErrorCode, FrameError, decode_commands, parse_command
 from protocol.commands import (
+    COMMAND_TYPES,
     MAX_LIMIT,
+    MAX_TOKEN,
+    OPS,
+    Command,
     Connect,
     History,
     Join,
@@ -154,3 +162,79 @@ def test_not_a_message_is_a_frame_error(message: object) -> None:
 
 def test_unknown_fields_are_ignored() -> None:
     assert parse_command({"id": 1, "op": "ping", "extra": [1]}) == Ping(1)
+
+
+# Every command type, from the union itself: a new command without a sample here, an op
+# name, or a parser fails these tests.
+
+WIRE_SAMPLES: dict[type, tuple[dict[str, object], object]] = {
+    Connect: (
+        {"token": "t", "rooms": ["swap:1", {"room": "swap:2", "since": 3, "epoch": "e"}]},
+        Connect(1, "t", (RoomRequest("swap:1"), RoomRequest("swap:2", 3, "e"))),
+    ),
+    Join: (
+        {"room": "swap:1", "since": 4, "epoch": "e", "token": "rt"},
+        Join(1, RoomRequest("swap:1", 4, "e", "rt")),
+    ),
+    Leave: ({"room": "swap:1"}, Leave(1, "swap:1")),
+    Send: (
+        {"room": "swap:1", "body": {"n": [2**64 - 1, -(2**63)]}, "client_id": "c"},
+        Send(1, "swap:1", '{"n":[18446744073709551615,-9223372036854775808]}', "c"),
+    ),
+    Typing: ({"room": "swap:1", "active": False}, Typing(1, "swap:1", False)),
+    History: ({"room": "swap:1", "after": 2, "limit": 7}, History(1, "swap:1", None, 2, 7)),
+    Read: ({"room": "swap:1", "seq": 9}, Read(1, "swap:1", 9)),
+    PresenceQuery: ({"room": "swap:1"}, PresenceQuery(1, "swap:1")),
+    NotificationsQuery: ({"limit": 3}, NotificationsQuery(1, None, 3, False)),
+    NotificationsRead: ({"up_to": 5}, NotificationsRead(1, up_to=5)),
+    Refresh: ({"token": "t"}, Refresh(1, "t")),
+    Ping: ({}, Ping(1)),
+}
+
+
+def test_every_command_type_has_a_sample() -> None:
+    assert set(COMMAND_TYPES) == set(get_args(Command))
+    missing = [t.__name__ for t in get_args(Command) if t not in WIRE_SAMPLES]
+    assert not missing, f"add a wire sample for {missing}"
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+@pytest.mark.parametrize("command_type", get_args(Command), ids=lambda t: t.__name__)
+def test_every_command_type_round_trips_through_both_codecs(
+    command_type: type[Command], codec: Codec
+) -> None:
+    args, expected = WIRE_SAMPLES[command_type]
+    assert type(expected) is command_type
+    message = {"id": 1, "op": command_type.op, **args}
+    frame = orjson.dumps(message) if codec is JSON else msgpack.packb(message)
+    assert decode_commands(codec, frame) == [expected]
+    assert command_type.op in OPS
+
+
+def test_op_names_are_distinct() -> None:
+    assert len(OPS) == len(get_args(Command))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1, "op": "connect", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "connect", "token": "é" * (MAX_TOKEN // 2 + 1)},
+        {"id": 1, "op": "refresh", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "join", "room": "swap:1", "token": "x" * (MAX_TOKEN + 1)},
+        {"id": 1, "op": "connect", "rooms": [{"room": "swap:1", "token": "x" * (MAX_TOKEN + 1)}]},
+    ],
+    ids=["connect", "connect-multibyte", "refresh", "join", "connect-room-token"],
+)
+def test_a_token_over_16_kib_is_too_large_and_says_how_large(message: dict[str, object]) -> None:
+    command = rejected(message)
+    assert command.code is ErrorCode.TOO_LARGE
+    assert command.message.endswith(f"bytes; at most {MAX_TOKEN}")
+    assert f"'token' is {MAX_TOKEN + 1} bytes" in command.message or (
+        f"'token' is {MAX_TOKEN + 2} bytes" in command.message
+    )
+
+
+def test_a_token_of_16_kib_is_accepted_by_the_parser() -> None:
+    token = "x" * MAX_TOKEN
+    assert parse_command({"id": 1, "op": "connect", "token": token}) == Connect(1, token)
