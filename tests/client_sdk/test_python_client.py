@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
@@ -36,7 +39,7 @@ from realtime.client import (
     TypingEvent,
 )
 from tests.cluster.conftest import make_cluster
-from tests.server import SERVICE_KEY, ServerProcess, unique
+from tests.server import ROOT, SERVICE_KEY, ServerProcess, unique
 from tests.services import MakeNginx, PostgresServer, RedisServer
 
 FAST = Backoff(initial=0.05, maximum=0.5)
@@ -236,6 +239,26 @@ async def test_get_token_is_asked_for_each_connection_and_refreshes(
             await seen.stop()
     finally:
         server.kill()
+
+
+async def test_the_example_in_the_docs_works_as_written(server: ServerProcess) -> None:
+    text = (ROOT / "docs" / "python-client.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    user = unique("d")
+    await members(server, "swap:1", user)
+    environment = {**os.environ, "REALTIME_URL": server.ws_url, "TOKEN": server.token(user)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", example],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("stored as seq ") and lines[1] == f"{user} said {{'text': 'hi'}}"
 
 
 # Reconnects ------------------------------------------------------------------------------
