@@ -96,6 +96,7 @@ class Room:
         self._typing_active = False
         self._typing_sent = 0.0
         self._joined_once = asyncio.get_running_loop().create_future()
+        self._closed: ClientError | None = None
 
     def __repr__(self) -> str:
         return f"<Room {self.name} seq={self.delivered} epoch={self.epoch!r}>"
@@ -125,6 +126,8 @@ class Room:
         sending it again with the same ``client_id`` stores nothing new and returns
         its seq. A ``ServerError`` (forbidden, too large…) means it was not stored.
         """
+        if self._closed is not None:
+            raise self._closed
         cid = client_id or secrets.token_hex(16)
         entry = self._outbox.get(cid)
         if entry is None:
@@ -282,6 +285,7 @@ class Room:
 
     def close(self, error: ClientError) -> None:
         """Out of the room for good: stop filling, fail what is unacknowledged."""
+        self._closed = self._closed or error
         self.joined = False
         self._stop_filler()
         for entry in self._outbox.values():
