@@ -202,6 +202,7 @@ export class RealtimeClient extends Emitter {
     this._callSeq = 0;
     this._queue = []; // app calls waiting to be sent, in the order they were made
     this._inFlight = new Map(); // id -> call
+    this._lanes = new Set(); // lanes with a call in flight
     this._paused = false;
     this._rooms = new Map();
     this._token = options.token ?? null;
@@ -436,6 +437,7 @@ export class RealtimeClient extends Emitter {
       else this._settle(call, new RealtimeError('disconnected', 'the connection was lost'));
     }
     this._inFlight.clear();
+    this._lanes.clear();
     for (const room of this._rooms.values()) room._connectionLost();
   }
 
@@ -587,14 +589,15 @@ export class RealtimeClient extends Emitter {
    * answered (every op is safe to repeat: `send` carries a client_id), retried
    * on `unavailable`/`rate_limited` when `retry`, rejected after `timeout` ms (0: never).
    */
-  _call(op, args, { timeout = this._options.timeout, retryErrors = false } = {}) {
+  _call(op, args, { timeout = this._options.timeout, retryErrors = false, lane = null } = {}) {
     if (this._closed) return Promise.reject(new RealtimeError('closed', 'the client was closed'));
     return new Promise((resolve, reject) => {
-      const call = { op, args, resolve, reject, retry: true, retryErrors, order: ++this._callSeq, timer: null, id: null };
+      const call = { op, args, resolve, reject, retry: true, retryErrors, lane, order: ++this._callSeq, timer: null, id: null };
       if (timeout > 0) {
         call.timer = setTimeout(() => {
           this._forget(call);
           this._settle(call, new RealtimeError('timeout', `${op}: no answer within ${timeout} ms`));
+          this._pump();
         }, timeout);
       }
       this._queue.push(call);
@@ -605,7 +608,7 @@ export class RealtimeClient extends Emitter {
   /** A command on the current connection only: it fails when the connection does. */
   _request(op, args, timeout = this._options.timeout) {
     return new Promise((resolve, reject) => {
-      const call = { op, args, resolve, reject, retry: false, retryErrors: false, timer: null, id: null };
+      const call = { op, args, resolve, reject, retry: false, retryErrors: false, lane: null, timer: null, id: null };
       if (!this._ws || this._ws.readyState !== OPEN) {
         reject(new RealtimeError('disconnected', 'not connected'));
         return;
@@ -621,13 +624,23 @@ export class RealtimeClient extends Emitter {
   _pump() {
     // A window of commands in flight: a burst of resends after a reconnect must
     // not run into the server's rate limit (100 refusals in a row close with 4008).
-    while (this._ready && !this._paused && this._queue.length && this._inFlight.size < this._options.maxInFlight) {
-      this._transmit(this._queue.shift());
+    // Calls in one lane (a room's sends) go one at a time, so a retried one never
+    // lets a later one overtake it: a room's messages are stored in the order sent.
+    if (!this._ready || this._paused) return;
+    for (let i = 0; i < this._queue.length && this._inFlight.size < this._options.maxInFlight; ) {
+      const call = this._queue[i];
+      if (call.lane !== null && this._lanes.has(call.lane)) {
+        i += 1;
+        continue;
+      }
+      this._queue.splice(i, 1);
+      this._transmit(call);
     }
   }
 
   _transmit(call) {
     call.id = this._nextId++;
+    if (call.lane !== null) this._lanes.add(call.lane);
     this._inFlight.set(call.id, call);
     this._write({ id: call.id, op: call.op, ...call.args });
   }
@@ -640,6 +653,7 @@ export class RealtimeClient extends Emitter {
     const call = this._inFlight.get(reply.id);
     if (!call) return; // timed out already
     this._inFlight.delete(reply.id);
+    if (call.lane !== null) this._lanes.delete(call.lane);
     if (reply.error) {
       const { code, message } = reply.error;
       if (call.retry && call.retryErrors && RETRY_CODES.has(code)) {
@@ -672,7 +686,7 @@ export class RealtimeClient extends Emitter {
   }
 
   _forget(call) {
-    if (call.id !== null) this._inFlight.delete(call.id);
+    if (call.id !== null && this._inFlight.delete(call.id) && call.lane !== null) this._lanes.delete(call.lane);
     const index = this._queue.indexOf(call);
     if (index >= 0) this._queue.splice(index, 1);
   }
@@ -751,13 +765,16 @@ export class Room extends Emitter {
   /**
    * Sends a message; resolves when the server has stored it. Queued while offline
    * and sent again after a reconnect, with the same client_id, until acknowledged.
+   * A room's sends go one at a time, so they are stored in the order they were made.
+   * `timeout` (ms, default 0: none) gives up waiting; the message may still be stored,
+   * and sending it again with the same `clientId` stores it at most once.
    * @returns {Promise<{room: string, seq: number | null, ts: number, duplicate: boolean, clientId: string}>}
    */
   send(body, { clientId, timeout = 0 } = {}) {
     const id = clientId ?? this.client.newClientId();
     if (this._typingActive) this.typing(false);
     return this.client
-      ._call('send', { room: this.name, body, client_id: id }, { timeout, retryErrors: true })
+      ._call('send', { room: this.name, body, client_id: id }, { timeout, retryErrors: true, lane: `send ${this.name}` })
       .then((ok) => ({ room: ok.room, seq: ok.seq, ts: ok.ts, duplicate: Boolean(ok.duplicate), clientId: id }));
   }
 

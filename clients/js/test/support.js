@@ -26,8 +26,12 @@ export const skipReason =
     ? null
     : 'needs RT_WS_URL, RT_SECRET and RT_SERVICE_KEY (tests/js/test_js_client.py sets them)';
 
-/** The WebSocket the tests use: the global one (Node >= 22, or --experimental-websocket) or ws's. */
-export const WebSocketImpl = globalThis.WebSocket ?? (await import('ws')).default;
+/**
+ * The WebSocket the tests use: the global one (Node >= 22, or --experimental-websocket,
+ * as in browsers) unless RT_WEBSOCKET=ws asks for the `ws` package's.
+ */
+export const WebSocketImpl =
+  process.env.RT_WEBSOCKET !== 'ws' && globalThis.WebSocket ? globalThis.WebSocket : (await import('ws')).default;
 
 function base64url(data) {
   return Buffer.from(data).toString('base64url');
@@ -132,4 +136,52 @@ export function recorder(room) {
 
 export function range(first, last) {
   return Array.from({ length: last - first + 1 }, (_, i) => first + i);
+}
+
+/**
+ * A WebSocket constructor with a gate: while `gate.closed`, opening fails (as if
+ * the network were down), so a test can keep one client away while others go on.
+ */
+export function gated() {
+  const gate = { closed: false, opened: 0 };
+  class GatedWebSocket extends WebSocketImpl {
+    constructor(url, protocols) {
+      if (gate.closed) throw new Error('the test keeps this client offline');
+      super(url, protocols);
+      gate.opened += 1;
+    }
+  }
+  gate.WebSocket = GatedWebSocket;
+  return gate;
+}
+
+/**
+ * Sends `count` messages ({i}) to `room`, `window` at a time; calls `progress(acked)`
+ * after each acknowledgement. Returns the acknowledgements, by i.
+ */
+export async function stream(room, count, { window = 10, progress = () => {} } = {}) {
+  const acks = new Array(count);
+  let next = 0;
+  let acked = 0;
+  async function worker() {
+    while (next < count) {
+      const i = next++;
+      acks[i] = await room.send({ i }, { clientId: `m${i}` });
+      acked += 1;
+      await progress(acked);
+    }
+  }
+  await Promise.all(Array.from({ length: window }, worker));
+  return acks;
+}
+
+/** Every message of a room, read over REST page by page. */
+export async function allMessages(name) {
+  const messages = [];
+  for (;;) {
+    const after = messages.length ? messages.at(-1).seq : 0;
+    const { body } = await restRetried('GET', `/api/v1/rooms/${name}/messages?after=${after}&limit=200`);
+    messages.push(...body.messages);
+    if (!body.more) return messages;
+  }
 }
