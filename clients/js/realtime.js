@@ -820,7 +820,8 @@ export class Room extends Emitter {
       return Promise.resolve(this._readMark);
     }
     this._readWanted = Math.max(this._readWanted, seq);
-    const waiting = new Promise((resolve, reject) => this._readWaiters.push({ seq, resolve, reject }));
+    // Read marks are fire-and-forget for most apps: ignoring this promise is fine.
+    const waiting = handled(new Promise((resolve, reject) => this._readWaiters.push({ seq, resolve, reject })));
     if (!this._readFlight) this._sendRead();
     return waiting;
   }
