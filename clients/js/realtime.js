@@ -51,6 +51,7 @@ const CONNECT_ROOMS = 100; // the most rooms one `connect` may join
 const RETRY_CODES = new Set(['unavailable', 'rate_limited']); // nothing was done: retry
 const FATAL_JOIN_CODES = new Set(['forbidden', 'not_found', 'bad_request', 'unauthorized']);
 const OPEN = 1;
+const STABLE_MS = 5000; // a connection up this long resets the backoff
 
 const DEFAULTS = {
   minReconnectDelay: 500,
@@ -198,6 +199,7 @@ export class RealtimeClient extends Emitter {
     this._stopped = true;
     this._closed = false; // before the first connect(), calls wait for it
     this._attempt = 0;
+    this._readyAt = 0;
     this._nextId = 1;
     this._callSeq = 0;
     this._queue = []; // app calls waiting to be sent, in the order they were made
@@ -361,7 +363,7 @@ export class RealtimeClient extends Emitter {
   _connected(gen, reply) {
     clearTimeout(this._timers.open);
     this._ready = true;
-    this._attempt = 0;
+    this._readyAt = Date.now();
     this.user = reply.user;
     this.session = reply.session;
     this.expiresAt = reply.expires_at ?? null;
@@ -397,6 +399,9 @@ export class RealtimeClient extends Emitter {
   /** The connection ended (a close event, or we gave up on it). */
   _lost(code, reason) {
     const wasReady = this._ready;
+    // The backoff starts over only after a connection that lasted: a server that
+    // answers connect and then closes at once is retried ever more slowly.
+    if (wasReady && Date.now() - this._readyAt > STABLE_MS) this._attempt = 0;
     this._detach();
     this._emit('disconnected', { code, reason: reasonText(reason), wasReady });
     if (code === CloseCode.UNAUTHORIZED || code === CloseCode.TOKEN_EXPIRED) {
@@ -949,7 +954,7 @@ export class Room extends Emitter {
       fill = !result.recovered && this.seq < result.seq;
     }
     if (fill && !(await this._fill(gen, report))) return;
-    if (gen !== this.client._gen) return;
+    if (gen !== this.client._gen || !this._wanted) return;
     this._setState(RoomState.JOINED);
     for (const waiter of this._joinWaiters.splice(0)) waiter.resolve(this._info());
     if (resumed) this._emit('recovery', report);
@@ -970,7 +975,7 @@ export class Room extends Emitter {
           this._joinFailed(gen, error);
           return false;
         }
-        if (gen !== this.client._gen) return false;
+        if (gen !== this.client._gen || !this._wanted) return false; // lost, or left meanwhile
         if (page.epoch && this.epoch && page.epoch !== this.epoch) {
           // History reset while we read it: start over in the new one.
           this.epoch = page.epoch;
