@@ -226,10 +226,10 @@ class RedisBroker:
             await self._gate.call(partial(self._publish_batch, batch))
 
     async def ping(self) -> None:
+        if self.canary.reason is not None:  # kept until a canary comes back
+            raise BrokerUnavailable(self.canary.reason)
         if not self._connected:
             raise BrokerUnavailable("redis subscriptions are not connected")
-        if self.canary.reason is not None:
-            raise BrokerUnavailable(self.canary.reason)
         await self._gate.call(self._client.ping)
 
     # Publishing ----------------------------------------------------------------------

@@ -56,8 +56,7 @@ class RedisGate:
         return self.reason is not None
 
     def fail(self, reason: str) -> None:
-        if self.reason is None:
-            self._trial_at = time.monotonic() + self.timeout
+        self._trial_at = time.monotonic() + self.timeout  # the next trial, a timeout away
         self.reason = reason
 
     def note(self, error: BaseException) -> None:
