@@ -172,16 +172,19 @@ class Node:
     async def ready(self) -> dict[str, str]:
         """What /readyz reports: each dependency's state."""
         status: dict[str, str] = {}
+        timeout = self.settings.storage.timeout
         try:
-            await asyncio.wait_for(self.store.ping(), self.settings.storage.timeout)
+            await asyncio.wait_for(self.store.ping(), timeout)
             status["storage"] = "ok"
         except (StorageError, TimeoutError) as error:
-            status["storage"] = f"unavailable: {error}"
+            status["storage"] = f"unavailable: {str(error) or f'timed out after {timeout:g}s'}"
+        timeout = self.settings.broker.timeout
         try:
-            await asyncio.wait_for(self.broker.ping(), self.settings.broker.timeout)
+            await asyncio.wait_for(self.broker.ping(), timeout)
             status["broker"] = "ok"
         except (BrokerUnavailable, TimeoutError) as error:
-            status["broker"] = f"unavailable: {error}"
+            # str(TimeoutError()) is empty: never report "unavailable: " alone.
+            status["broker"] = f"unavailable: {str(error) or f'timed out after {timeout:g}s'}"
         return status
 
     # Broker events -----------------------------------------------------------------
