@@ -14,6 +14,16 @@ events may have been lost meanwhile, and room messages are re-read from the stor
 ``subscribe`` and ``unsubscribe`` never fail; they change the wanted set and, when
 connected, the live subscription.
 
+Every call a command waits for goes through the ``RedisGate`` shared with
+presence: bounded by ``broker.timeout``, and failing at once while Redis is known
+to be down, so a command is answered within one timeout.
+
+A canary (``canary.py``) checks that the subscriptions still hear: every
+``canary_interval`` this instance publishes a token on a channel of its own and
+waits for it to come back through its subscriber connection. One that is not
+back within ``canary_timeout`` makes ``ping`` fail with that reason and starts
+the resubscribe-and-resync above, as a broken connection would.
+
 On a Redis Cluster (``redis+cluster://host:port``) it uses sharded pub/sub:
 SPUBLISH, and one SSUBSCRIBE connection per master for the channels whose slots
 it owns, so fan-out grows with the number of shards instead of every node
@@ -24,25 +34,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from .broker import BrokerHandler, BrokerUnavailable
+from .canary import Canary
 from .events import Event, EventFormatError, pack_event, unpack_event
+from .redis_gate import OUTAGES, RedisGate
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
-# Exceptions that mean "Redis cannot be used right now".
-OUTAGES = (RedisError, OSError, TimeoutError, ConnectionError)
+# Enough tries to find, for every cluster master, a canary channel in one of its slots.
+CANARY_SLOT_TRIES = 100_000
 
 Client = Redis | RedisCluster
 
@@ -61,6 +74,7 @@ class _Shard:
         self.pubsub: PubSub = client.pubsub()
         self.channels: set[str] = set()
         self.listener: asyncio.Task[None] | None = None
+        self.closed = False
 
     async def subscribe(self, channels: Sequence[str]) -> None:
         if not channels:
@@ -81,6 +95,9 @@ class _Shard:
             await self.pubsub.unsubscribe(channel)
 
     async def close(self) -> None:
+        # The listener also stops by this flag: a cancellation that lands as the
+        # read's own timeout fires can be lost inside redis-py.
+        self.closed = True
         if self.listener is not None:
             self.listener.cancel()
             await asyncio.wait([self.listener])
@@ -99,6 +116,9 @@ class RedisBroker:
         timeout: float,
         prefix: str,
         node_client: Callable[[str, int], Redis],
+        gate: RedisGate | None = None,
+        canary_interval: float = 2.0,
+        canary_timeout: float = 5.0,
     ) -> None:
         self._client = client
         self._sharded = isinstance(client, RedisCluster)
@@ -115,19 +135,29 @@ class RedisBroker:
         # Subscriptions sent and not yet confirmed by Redis: channel -> waiters.
         self._confirming: dict[str, list[asyncio.Future[None]]] = {}
         self._supervisor: asyncio.Task[None] | None = None
-        self.reconnects = 0
+        self._gate = gate or RedisGate(timeout)
+        # One canary channel per Redis server that carries subscriptions.
+        self._canary_channels: list[str] = []
+        self._canary_tokens = itertools.count()
+        self._canary_waiters: dict[tuple[str, bytes], asyncio.Future[None]] = {}
+        self.canary = Canary(
+            self._probe, interval=canary_interval, timeout=canary_timeout, on_lost=self._deaf
+        )
+        self._canary_task: asyncio.Task[None] | None = None
 
     # The seam ------------------------------------------------------------------------
 
     async def start(self, handler: BrokerHandler) -> None:
         self._handler = handler
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-subscriber")
+        self._canary_task = asyncio.create_task(self.canary.run(), name="redis-canary")
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.wait([self._supervisor])
-            self._supervisor = None
+        for task in (self._canary_task, self._supervisor):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        self._canary_task = self._supervisor = None
         await self._close_shards()
         with contextlib.suppress(*OUTAGES):
             await self._client.aclose()
@@ -136,6 +166,11 @@ class RedisBroker:
         self._wanted.add(room)
         if not self._connected:
             return  # the supervisor subscribes everything wanted when it connects
+        if self._gate.down:
+            # Waiting on a Redis that does not answer would hold up the join.
+            log.info("redis is down (%s): %s is subscribed on reconnect", self._gate.reason, room)
+            self._rebuild.set()
+            return
         channel = self._prefix + room
         # Returns once Redis confirms: the hub reads the store only after that, so
         # nothing published in between can slip past this instance.
@@ -150,6 +185,7 @@ class RedisBroker:
                 await confirmed
         except (*OUTAGES, _Resubscribe) as error:
             log.warning("subscribe to %s failed, resubscribing everything: %r", room, error)
+            self._gate.note(error)
             self._rebuild.set()
         finally:
             waiters = self._confirming.get(channel, [])
@@ -160,8 +196,8 @@ class RedisBroker:
 
     async def unsubscribe(self, room: str) -> None:
         self._wanted.discard(room)
-        if not self._connected:
-            return
+        if not self._connected or self._gate.down:
+            return  # a stale subscription only brings events the hub ignores
         channel = self._prefix + room
         for shard in self._shards.values():
             if channel in shard.channels:
@@ -169,38 +205,38 @@ class RedisBroker:
                     async with asyncio.timeout(self._timeout):
                         await shard.unsubscribe(channel)
                 except OUTAGES as error:
-                    # A stale subscription only brings events the hub ignores.
                     log.info("unsubscribe from %s failed: %r", room, error)
+                    self._gate.note(error)
 
     async def publish(self, room: str, event: Event) -> None:
         self._deliver_locally(room, event)
         data = pack_event(self._origin, event)
-        await self._send(self._publish_one(self._prefix + room, data))
+        await self._gate.call(partial(self._publish_one, self._prefix + room, data))
+
+    async def publish_confirmed(self, room: str, event: Event) -> None:
+        data = pack_event(self._origin, event)
+        await self._gate.call(partial(self._publish_one, self._prefix + room, data))
+        self._deliver_locally(room, event)
 
     async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
         for room, event in events:
             self._deliver_locally(room, event)
         batch = [(self._prefix + room, pack_event(self._origin, event)) for room, event in events]
         if batch:
-            await self._send(self._publish_batch(batch))
+            await self._gate.call(partial(self._publish_batch, batch))
 
     async def ping(self) -> None:
-        await self._send(self._client.ping())
+        if self.canary.reason is not None:  # kept until a canary comes back
+            raise BrokerUnavailable(self.canary.reason)
         if not self._connected:
-            raise BrokerUnavailable("subscriptions are not connected")
+            raise BrokerUnavailable("redis subscriptions are not connected")
+        await self._gate.call(self._client.ping)
 
     # Publishing ----------------------------------------------------------------------
 
     def _deliver_locally(self, room: str, event: Event) -> None:
         if self._handler is not None:
             self._handler.on_event(room, event)
-
-    async def _send(self, call: Awaitable[Any]) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await call
-        except OUTAGES as error:
-            raise BrokerUnavailable(f"redis: {error!r}") from error
 
     async def _publish_one(self, channel: str, data: bytes) -> None:
         if self._sharded:
@@ -249,13 +285,13 @@ class RedisBroker:
                 await self._listen_until_failure()
             except (*OUTAGES, _Resubscribe) as error:
                 log.warning("redis subscriptions lost (%r); reconnecting", error)
+                self._gate.note(error)
             except Exception:
                 # A bug must not end fan-out for good: log it and start over.
                 log.exception("redis subscriber failed; reconnecting")
             finally:
                 self._connected = False
                 await self._close_shards()
-            self.reconnects += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -279,17 +315,16 @@ class RedisBroker:
                         if channel in shard.channels:
                             await shard.unsubscribe(channel)
                 subscribed -= extra
-            if not self._shards:
-                # With nothing to subscribe, still hold a connection so that an
-                # outage shows (pings fail) and ends in a resync.
-                idle = self._prefix + "-"
-                shard = await self._shard_for(idle)
-                if self._sharded:
-                    await shard.subscribe([idle])
+            # Also holds a connection to every server, so that an outage shows.
+            self._canary_channels = self._find_canary_channels()
+            for channel in self._canary_channels:
+                shard = await self._shard_for(channel)
+                await shard.subscribe([channel])
             await self._barrier()
         for shard in self._shards.values():
             self._start_listening(shard)
         self._connected = True
+        self._gate.up()
         if self._wanted and self._handler is not None:
             self._handler.on_resync()
 
@@ -309,6 +344,43 @@ class RedisBroker:
                 if message["type"] == "pong":
                     break
                 self._handle(shard, message)
+
+    def _find_canary_channels(self) -> list[str]:
+        """This instance's canary channel; on a cluster, one in a slot of each master."""
+        base = f"{self._prefix}-canary:{self._origin}"
+        if not isinstance(self._client, RedisCluster):
+            return [base]
+        masters = {f"{n.host}:{n.port}" for n in self._client.get_primaries()}
+        channels: dict[str, str] = {}
+        for index in range(CANARY_SLOT_TRIES):
+            if len(channels) == len(masters):
+                break
+            channel = f"{base}:{index}"
+            host, port = self._owner_of(channel)
+            channels.setdefault(f"{host}:{port}", channel)
+        return sorted(channels.values())
+
+    async def _probe(self) -> None:
+        """Publish one canary on every canary channel; return when all came back."""
+        if not self._connected:
+            raise BrokerUnavailable("redis subscriptions are not connected")
+        token = str(next(self._canary_tokens)).encode()
+        loop = asyncio.get_running_loop()
+        waiters = {(channel, token): loop.create_future() for channel in self._canary_channels}
+        self._canary_waiters.update(waiters)
+        try:
+            for channel, _ in waiters:
+                await self._gate.call(partial(self._publish_one, channel, token))
+            await asyncio.gather(*waiters.values())
+        finally:
+            for key in waiters:
+                self._canary_waiters.pop(key, None)
+
+    def _deaf(self, reason: str) -> None:
+        """A canary did not come back: rebuild every subscription, then resync."""
+        if self._connected:
+            self._failure = _Resubscribe(reason)
+            self._rebuild.set()
 
     async def _subscribe_all(self, rooms: set[str]) -> None:
         by_shard: dict[str, list[str]] = {}
@@ -345,10 +417,10 @@ class RedisBroker:
 
     def _start_listening(self, shard: _Shard) -> None:
         shard.listener = asyncio.create_task(self._listen(shard), name=f"redis-{shard.name}")
-        shard.listener.add_done_callback(self._listener_done)
+        shard.listener.add_done_callback(partial(self._listener_done, shard))
 
-    def _listener_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+    def _listener_done(self, shard: _Shard, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or shard.closed:
             return
         self._failure = task.exception() or _Resubscribe("a listener stopped")
         self._rebuild.set()
@@ -365,7 +437,7 @@ class RedisBroker:
         heard = time.monotonic()
         pinged_at: float | None = None
         quiet = max(self._timeout / 2, 0.5)
-        while True:
+        while not shard.closed:
             message = await pubsub.get_message(timeout=quiet / 2)
             now = time.monotonic()
             if message is None:
@@ -389,12 +461,19 @@ class RedisBroker:
                     waiter.set_result(None)
         elif kind == "sunsubscribe":
             channel = message["channel"].decode()
-            if channel.removeprefix(self._prefix) in self._wanted and channel in shard.channels:
+            wanted = channel.removeprefix(self._prefix) in self._wanted
+            if (wanted or channel in self._canary_channels) and channel in shard.channels:
                 # Redis dropped it: its slot moved to another shard.
                 raise _Resubscribe(f"{channel} moved")
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        room = channel.decode()[len(self._prefix) :]
+        name = channel.decode()
+        if name in self._canary_channels:
+            canary = self._canary_waiters.pop((name, data), None)
+            if canary is not None and not canary.done():
+                canary.set_result(None)
+            return
+        room = name[len(self._prefix) :]
         try:
             origin, event = unpack_event(data)
         except EventFormatError as error:

@@ -144,6 +144,8 @@ class BrokerSettings:
     timeout: float = 5.0
     prefix: str = "rt"
     pool_size: int = 64
+    canary_interval: float = 2.0
+    canary_timeout: float = 5.0
 
     def check(self) -> None:
         if self.url and not re.match(r"^(redis|rediss|redis\+cluster)://", self.url):
@@ -152,6 +154,8 @@ class BrokerSettings:
             )
         _at_least("broker.timeout", self.timeout, 0.1)
         _at_least("broker.pool_size", self.pool_size, 1)
+        _at_least("broker.canary_interval", self.canary_interval, 0.1)
+        _at_least("broker.canary_timeout", self.canary_timeout, 0.1)
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.prefix):
             raise ConfigError("broker.prefix must be 1 to 32 of [A-Za-z0-9_.-]")
 

@@ -129,22 +129,19 @@ class Node:
     async def ready(self) -> dict[str, str]:
         """What /readyz reports: each dependency's state, with a reason when not ok."""
         status: dict[str, str] = {}
-        storage_timeout = self.settings.storage.timeout
+        timeout = self.settings.storage.timeout
         try:
-            await asyncio.wait_for(self.store.ping(), storage_timeout)
+            await asyncio.wait_for(self.store.ping(), timeout)
             status["storage"] = "ok"
-        except TimeoutError:
-            status["storage"] = f"unavailable: no answer within {storage_timeout}s"
-        except StorageError as error:
-            status["storage"] = f"unavailable: {error or type(error).__name__}"
-        broker_timeout = self.settings.broker.timeout
+        except (StorageError, TimeoutError) as error:
+            status["storage"] = f"unavailable: {str(error) or f'timed out after {timeout:g}s'}"
+        timeout = self.settings.broker.timeout
         try:
-            await asyncio.wait_for(self.broker.ping(), broker_timeout)
+            await asyncio.wait_for(self.broker.ping(), timeout)
             status["broker"] = "ok"
-        except TimeoutError:
-            status["broker"] = f"unavailable: no answer within {broker_timeout}s"
-        except BrokerUnavailable as error:
-            status["broker"] = f"unavailable: {error or type(error).__name__}"
+        except (BrokerUnavailable, TimeoutError) as error:
+            # str(TimeoutError()) is empty: never report "unavailable: " alone.
+            status["broker"] = f"unavailable: {str(error) or f'timed out after {timeout:g}s'}"
         return status
 
     # The broker's handler ----------------------------------------------------------

@@ -13,6 +13,9 @@ left are announced, so a killed instance leaves every room within ``ttl`` plus o
 heartbeat. Entries of owners known to be dead are never listed, even before the
 sweep; an owner not seen yet (just started) counts as alive.
 
+Calls a command waits for go through the ``RedisGate`` shared with the broker: one
+timeout bounds them all, and while Redis is known down they fail at once.
+
 Redis down: presence degrades to this instance's own view; after the outage the
 heartbeat puts this instance's entries back (announcing users who had been swept)
 and takes out those it was told to remove meanwhile (announcing users who thereby
@@ -29,19 +32,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException
 
-from .broker_redis import OUTAGES as BROKER_OUTAGES
 from .presence import OnChange
+from .redis_gate import OUTAGES, RedisGate
 
 log = logging.getLogger(__name__)
-
-# A cluster none of whose nodes answers raises RedisClusterException, not a RedisError.
-OUTAGES = (*BROKER_OUTAGES, RedisClusterException)
-
 
 _SEPARATOR = ","
 
@@ -86,9 +85,17 @@ class RedisPresence:
     shared = True
 
     def __init__(
-        self, client: Redis | RedisCluster, *, owner: str, ttl: float, timeout: float, prefix: str
+        self,
+        client: Redis | RedisCluster,
+        *,
+        owner: str,
+        ttl: float,
+        timeout: float,
+        prefix: str,
+        gate: RedisGate | None = None,
     ) -> None:
         self._client = client
+        self._gate = gate or RedisGate(timeout)
         self._owner = owner
         self._ttl = ttl
         self._timeout = timeout
@@ -186,8 +193,7 @@ class RedisPresence:
 
     async def users(self, room: str) -> list[str]:
         try:
-            async with asyncio.timeout(self._timeout):
-                entries = await self._client.hgetall(self._keys(room)[0])
+            entries = await self._gate.call(partial(self._client.hgetall, self._keys(room)[0]))
         except OUTAGES as error:
             log.warning("presence of %s read locally (redis: %r)", room, error)
             return sorted(set(self._local.get(room, {}).values()))
@@ -200,8 +206,7 @@ class RedisPresence:
 
     async def connections(self, room: str) -> int:
         try:
-            async with asyncio.timeout(self._timeout):
-                entries = await self._client.hgetall(self._keys(room)[0])
+            entries = await self._gate.call(partial(self._client.hgetall, self._keys(room)[0]))
         except OUTAGES:
             return len(self._local.get(room, {}))
         return sum(
@@ -212,13 +217,11 @@ class RedisPresence:
 
     async def _record(self, room: str) -> None:
         if room not in self._recorded:
-            async with asyncio.timeout(self._timeout):
-                await self._client.sadd(self._rooms_of(self._owner), room)
+            await self._gate.call(partial(self._client.sadd, self._rooms_of(self._owner), room))
             self._recorded.add(room)
 
     async def _call(self, script: Any, room: str, *args: str) -> Any:
-        async with asyncio.timeout(self._timeout):
-            return await script(keys=self._keys(room), args=list(args))
+        return await self._gate.call(partial(script, keys=self._keys(room), args=list(args)))
 
     # Heartbeat -----------------------------------------------------------------------
 

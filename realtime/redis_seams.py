@@ -1,4 +1,5 @@
-"""Builds the Redis broker and presence from ``broker.url`` (one client, shared)."""
+"""Builds the Redis broker and presence from ``broker.url``: one client and one
+``RedisGate`` shared, so a command's Redis calls share one timeout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from redis.backoff import NoBackoff
 from .broker_redis import RedisBroker
 from .config import Settings
 from .presence_redis import RedisPresence
+from .redis_gate import RedisGate
 
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -49,12 +51,16 @@ def create_redis_seams(settings: Settings, owner: str) -> tuple[RedisBroker, Red
             retry=no_retry,
         )
         client = Redis.from_pool(pool)  # closes the pool with the client
+    gate = RedisGate(timeout)
     broker = RedisBroker(
         client,
         origin=owner,
         timeout=timeout,
         prefix=settings.broker.prefix,
         node_client=node_client,
+        gate=gate,
+        canary_interval=settings.broker.canary_interval,
+        canary_timeout=settings.broker.canary_timeout,
     )
     presence = RedisPresence(
         client,
@@ -62,5 +68,6 @@ def create_redis_seams(settings: Settings, owner: str) -> tuple[RedisBroker, Red
         ttl=settings.presence.ttl,
         timeout=timeout,
         prefix=settings.broker.prefix,
+        gate=gate,
     )
     return broker, presence

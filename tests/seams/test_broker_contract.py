@@ -46,6 +46,17 @@ def message(room: str, seq: int) -> MessagePush:
     return MessagePush(Message(room, seq, "u", f'{{"n":{seq}}}', 1000 + seq, None))
 
 
+async def connected(broker: Broker, timeout: float = 15.0) -> None:
+    """Wait until the broker's subscriptions are up (``ping`` says so)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await broker.ping()
+                return
+            except BrokerUnavailable:
+                await asyncio.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
     with RedisServer() as server:
@@ -96,7 +107,8 @@ async def pair(
         else:
             recorder = started[0][1]
         started.append((broker, recorder))
-    await asyncio.sleep(0.3)  # let the subscribers connect
+    for broker, _ in started:
+        await connected(broker)
     yield started
     for broker in {id(b): b for b, _ in started}.values():
         await broker.close()
