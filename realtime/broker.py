@@ -45,6 +45,13 @@ class Broker(Protocol):
     async def publish(self, room: str, event: Event) -> None:
         """Send an event to every instance subscribed to ``room``."""
 
+    async def publish_confirmed(self, room: str, event: Event) -> None:
+        """Publish, acting on this instance too only once the broker took the event.
+
+        Raises ``BrokerUnavailable`` with nothing done anywhere: for events whose
+        caller must be able to say "it happened" or "nothing was done".
+        """
+
     async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
         """Publish many events at once (one round trip where the backend allows)."""
 

@@ -30,6 +30,9 @@ class MemoryBroker:
         if self._handler is not None and room in self._rooms:
             self._handler.on_event(room, event)
 
+    async def publish_confirmed(self, room: str, event: Event) -> None:
+        await self.publish(room, event)
+
     async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
         for room, event in events:
             await self.publish(room, event)

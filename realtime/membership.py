@@ -26,6 +26,10 @@ from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
+# Join rules the store decides, and the reason a ``left`` push gives when they no
+# longer let a connection stay.
+_STORED_RULES = {"members": "member_removed", "followers": "unfollowed"}
+
 
 class Membership:
     def __init__(
@@ -76,9 +80,35 @@ class Membership:
                 await self._publisher.publish(user_room(user), change)
 
     async def disconnect_user(self, user: str, reason: str) -> None:
-        await self._publisher.publish(user_room(user), UserDisconnect(user, reason))
+        """Close the user's connections everywhere, or raise ``unavailable`` (none closed)."""
+        await self._publisher.publish_certain(user_room(user), UserDisconnect(user, reason))
 
     # Applying changes to this instance's connections -------------------------------
+
+    async def audit(self) -> None:
+        """Take local connections out of rooms they may no longer be in.
+
+        Run after the broker may have lost events (``on_resync``): a membership
+        removal or an unfollow is stored first, so the store says what is right
+        even when its ``left`` event never arrived. Rooms joined with a room token
+        cannot be checked here (the token is not kept) and stay.
+        """
+        for conn in list(self._hub.connections):
+            if conn.closing or not conn.authenticated:
+                continue
+            for room in list(conn.rooms):
+                if conn.is_granted(room):
+                    continue
+                name, namespace = self._policy.resolve(room)
+                if namespace.join not in _STORED_RULES:
+                    continue
+                if await self._stored(self._policy.may_join(conn.user, name, namespace)):
+                    continue
+                if conn.closing or not conn.in_room(room):
+                    break
+                self._hub.detach(conn, room)
+                conn.send(LeftPush(room, _STORED_RULES[namespace.join]))
+                await self._joins.leave(conn, room)
 
     def apply(self, change: MembershipChange) -> None:
         for conn in self._hub.user_connections(change.user):

@@ -52,7 +52,8 @@ class Messages:
         if not namespace.history:
             ts = now_ms()
             push = MessagePush(Message(room, None, user, body_json, ts, client_id))
-            await self._publisher.publish(room, push)
+            # Stored nowhere: answered ok only when it really went out.
+            await self._publisher.publish_certain(room, push)
             return SendResult(room, None, ts)
         appended = await self._stored(
             self._store.append(NewMessage(room, user, body_json, client_id))

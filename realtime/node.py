@@ -24,7 +24,7 @@ import logging
 import secrets
 from typing import assert_never
 
-from protocol import CloseCode
+from protocol import CloseCode, CommandError
 from protocol.outgoing import (
     Message,
     MessagePush,
@@ -167,6 +167,15 @@ class Node:
 
     def on_resync(self) -> None:
         self.hub.resync()
+        # Removals whose events were lost are in the store: apply them here.
+        self.tasks.spawn(self._audit(), "membership-audit")
+
+    async def _audit(self) -> None:
+        try:
+            await self.membership.audit()
+        except CommandError as error:
+            # The store is down too; the tail checks and the next resync go on.
+            log.warning("membership audit after a resync failed: %s", error.message)
 
     async def _presence_changed(self, room: str, user: str, event: str) -> None:
         _, namespace = self.policy.resolve(room)

@@ -73,6 +73,10 @@ class Policy:
         if not await self._allowed(namespace.join, user, room):
             raise forbidden(f"you may not read {room}")
 
+    async def may_join(self, user: str, room: RoomName, namespace: NamespaceSettings) -> bool:
+        """Whether the namespace's join rule lets ``user`` in (room tokens aside)."""
+        return await self._allowed(namespace.join, user, room)
+
     async def _allowed(self, rule: str, user: str, room: RoomName) -> bool:
         if rule == "anyone":
             return True
