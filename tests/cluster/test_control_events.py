@@ -61,7 +61,7 @@ async def _ready(instance: ServerProcess, deadline: float = 60) -> None:
     """Wait until the instance reports its broker healthy again."""
     async with asyncio.timeout(deadline):
         while True:
-            status, body = await instance.rest("GET", "/readyz")
+            status, _ = await instance.rest("GET", "/readyz")
             if status == 200:
                 return
             await asyncio.sleep(0.2)
