@@ -43,6 +43,11 @@ class ServerSettings:
     rate_limit_strikes: int = 100
     shutdown_timeout: float = 10.0
     close_timeout: float = 3.0
+    # Pacing reconnects (pacing.py): the advice in paced closes, and new WebSockets
+    # per second past which handshakes get 503 with Retry-After (0: no limit).
+    reconnect_rate: float = 200.0
+    reconnect_delay: float = 0.5
+    max_handshake_rate: float = 0.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -61,6 +66,9 @@ class ServerSettings:
         _at_least("server.rate_limit_strikes", self.rate_limit_strikes, 1)
         _at_least("server.shutdown_timeout", self.shutdown_timeout, 0)
         _at_least("server.close_timeout", self.close_timeout, 0.1)
+        _at_least("server.reconnect_rate", self.reconnect_rate, 0.1)
+        _at_least("server.reconnect_delay", self.reconnect_delay, 0)
+        _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
 
 
 @dataclass(frozen=True, slots=True)
