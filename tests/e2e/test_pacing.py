@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import socket
 from typing import Any
 
 import aiohttp
 import orjson
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from protocol.advice import ReconnectAdvice, parse_advice, reason_text
 from tests.client import Client, close_all
+from tests.e2e.helpers_auth import encode, raw_open, raw_reply
 from tests.server import ServerProcess, unique
 
 PACED = {"REALTIME_SERVER_RECONNECT_RATE": "10", "REALTIME_SERVER_RECONNECT_DELAY": "0.2"}
@@ -131,3 +134,40 @@ async def test_without_a_rate_no_handshake_is_refused(make_server: Any) -> None:
         *(Client.connected(server.ws_url, server.token(unique("u"))) for _ in range(30))
     )
     await close_all(*clients)
+
+
+async def test_a_reader_too_slow_is_closed_4009_with_advice(make_server: Any) -> None:
+    server: ServerProcess = make_server(env={**PACED, "REALTIME_SERVER_SEND_BUFFER_BYTES": "4096"})
+    room = unique("swap:")
+    sender_user, slow_user = unique("s"), unique("r")
+    sender = await Client.connected(server.ws_url, server.token(sender_user))
+    await sender.call("join", room=room, token=server.token(sender_user, room=room))
+    # A reader that stops reading: a small receive buffer, and websockets stops taking
+    # bytes off the socket once one frame waits unread.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    slow = await raw_open(server.ws_url, ["rt1.json"], sock=sock, max_queue=1)
+    try:
+        token = server.token(slow_user)
+        await slow.send(encode("json", {"id": 1, "op": "connect", "token": token}))
+        await raw_reply(slow, 1)
+        room_token = server.token(slow_user, room=room)
+        await slow.send(encode("json", {"id": 2, "op": "join", "room": room, "token": room_token}))
+        await raw_reply(slow, 2)
+        body = "z" * 60000
+        for i in range(100):  # 6 MB: more than the kernel buffers hold
+            await sender.call("send", room=room, body=body, client_id=str(i))
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                async for _ in slow:
+                    pass
+        received = slow.protocol.close_rcvd
+    finally:
+        await slow.close()
+        await close_all(sender)
+    assert received is not None and received.code == 4009, received
+    assert reason_text(received.reason) == "send buffer full: reading too slowly"
+    advice = parse_advice(received.reason)
+    assert advice is not None and advice.after_ms == 200, received.reason
