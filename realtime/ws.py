@@ -78,6 +78,7 @@ def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
         return response, None
     retry_after = node.handshakes.admit()
     if retry_after is not None:
+        node.metrics.handshakes_refused.inc()
         message = f"too many new connections: retry after {retry_after}s"
         return _refusal(503, "unavailable", message, retry_after), None
     return response, negotiator.subprotocol

@@ -126,6 +126,15 @@ async def test_handshakes_past_the_rate_get_503_with_retry_after(make_server: An
                 statuses.append(error.status)
                 assert error.headers is not None and int(error.headers["Retry-After"]) >= 1
     assert 503 in statuses
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{server.url}/metrics") as metrics,
+    ):
+        text = await metrics.text()
+    counted = [
+        line for line in text.splitlines() if line.startswith("realtime_handshakes_refused_total ")
+    ]
+    assert counted and float(counted[0].split()[-1]) >= len(refused), counted
 
 
 async def test_without_a_rate_no_handshake_is_refused(make_server: Any) -> None:
