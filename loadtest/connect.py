@@ -220,7 +220,7 @@ class Storm(Worker[StormArgs]):
         return self.tally.result()
 
     async def rpc_arm(self, origin: float, deadline: float) -> int:
-        """From now on a client the server drops reconnects at once, until ``deadline``."""
+        """From now on a client the server drops reconnects (``backoff.py``), until ``deadline``."""
         self.tally = PhaseTally()
         self.origin = origin
         self.dropped = 0

@@ -110,6 +110,10 @@ class FastConnection(asyncio.Protocol):
                 await protocol.opened
             except BaseException:
                 protocol.abort()
+                opened = protocol.opened
+                if opened.done() and not opened.cancelled():
+                    # A refusal that came as the timeout hit: seen, or asyncio warns.
+                    opened.exception()
                 raise
         return protocol
 
