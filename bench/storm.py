@@ -106,7 +106,8 @@ def show(mode: str, report: dict[str, Any]) -> None:
         f"p99 {restart['time_to_join_ms'].get('p99')} ms); "
         f"{restart['failed_attempts']} failed handshakes/joins {restart['failures']}, "
         f"{restart['attempts']} attempts, {restart['unrecovered']} joins not recovered.\n"
-        f"  messages: {messages.get('published')} published, lost {messages.get('lost')}, "
+        f"  messages: {messages.get('published')} published, lost {messages.get('lost')} "
+        f"({messages.get('lost_by_connected_clients')} by clients connected at the end), "
         f"duplicated {messages.get('duplicated')}, reordered {messages.get('reordered')}, "
         f"clients behind at the end {messages.get('clients_behind')}",
         flush=True,

@@ -249,13 +249,19 @@ class Storm(Worker[StormArgs]):
         return sum(1 for seat in self.seats if seat.check.last < final_seq)
 
     async def rpc_seqs(self, final_seq: int) -> dict[str, int]:
+        """Seq totals over every client, and lost among those connected at the end
+        (a client that never came back misses everything after its drop)."""
         totals = SeqTotals()
+        connected = SeqTotals()
         for seat in self.seats:
             totals.add(seat.check, final_seq)
+            if seat.client is not None and not seat.client.connection.closed.done():
+                connected.add(seat.check, final_seq)
         return {
             "lost": totals.lost,
             "duplicated": totals.duplicated,
             "reordered": totals.reordered,
+            "lost_connected": connected.lost,
         }
 
     async def rpc_snapshot(self) -> dict[str, Any]:
@@ -478,7 +484,9 @@ class _Stream:
             await asyncio.sleep(POLL)
         progress.done()
         seqs = SeqTotals()
+        lost_connected = 0
         for part in await pool.call("seqs", final, limit=CALL_TIMEOUT):
+            lost_connected += part.pop("lost_connected")
             seqs.merge(SeqTotals(**part))
         await self.publishers.close()
         return {
@@ -489,6 +497,7 @@ class _Stream:
             "last_seq": final,
             "clients_behind": behind,
             "lost": seqs.lost,
+            "lost_by_connected_clients": lost_connected,
             "duplicated": seqs.duplicated,
             "reordered": seqs.reordered,
         }

@@ -74,3 +74,4 @@ async def test_a_killed_instance_s_clients_rejoin_and_miss_nothing(
     assert messages["published"] == messages["acknowledged"] > 0, context
     assert messages["clients_behind"] == 0, context
     assert messages["lost"] == messages["duplicated"] == messages["reordered"] == 0, context
+    assert messages["lost_by_connected_clients"] == 0, context
