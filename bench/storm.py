@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="paced, unpaced or both")
     parser.add_argument("--publish-rate", type=float, default=2.0, help="messages/s")
     parser.add_argument(
-        "--handshake-rate", type=float, default=300.0, help="paced: server.max_handshake_rate"
+        "--handshake-rate", type=float, default=20.0, help="paced: server.max_handshake_rate"
     )
     parser.add_argument(
         "--reconnect-rate", type=float, default=300.0, help="server.reconnect_rate (advice)"
