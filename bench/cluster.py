@@ -43,7 +43,9 @@ def pin(pid: int, cpu: int) -> None:
         )
 
 
-def instances(workdir: Path, dsn: str, broker: str, count: int) -> list[ServerProcess]:
+def instances(
+    workdir: Path, dsn: str, broker: str, count: int, env: dict[str, str] | None = None
+) -> list[ServerProcess]:
     started = []
     for index in range(count):
         server = ServerProcess(
@@ -55,6 +57,7 @@ def instances(workdir: Path, dsn: str, broker: str, count: int) -> list[ServerPr
                 "REALTIME_SERVER_LOG_LEVEL": "warning",
                 "REALTIME_SERVER_RATE_LIMIT": "10000",
                 "REALTIME_SERVER_RATE_BURST": "10000",
+                **(env or {}),
             },
         )
         server.command_prefix = ["taskset", "-c", "0"] if TWO_CPUS else []

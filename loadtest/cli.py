@@ -155,7 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-interval",
         type=float,
         default=0.5,
-        help="seconds between a failed attempt and the next (with jitter)",
+        help="seconds: first backoff step with pacing (full jitter, doubling); without, the "
+        "time between a failed attempt and the next (±50%%)",
+    )
+    connect.add_argument(
+        "--no-pacing",
+        dest="pacing",
+        action="store_false",
+        help="ignore the server's reconnect advice and Retry-After: reconnect at once",
+    )
+    connect.add_argument(
+        "--publish-rate",
+        type=float,
+        default=0.0,
+        help="messages/s published to the room through phase 2; every client must get each",
+    )
+    connect.add_argument(
+        "--publish-url",
+        help="where the publisher connects (an instance the restart command spares; "
+        "default: the first --url)",
     )
     _common(connect, protocols=False)
 

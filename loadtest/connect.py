@@ -1,30 +1,43 @@
 """``connect``: N clients connecting and joining a room at once, then a reconnect storm.
 
 Phase 1: every client opens its connection and joins at the same instant (all
-processes start together); a failed attempt is retried after ``retry_interval``
-(with jitter) until the phase's deadline. Phase 2: with ``restart_command``,
-every client reconnects as soon as the server drops it while the command
-restarts the server; without it, the generator closes every client and
-reconnects them all at once. Figures per phase: time until all were connected
-and joined, percentiles of each client's time, attempts, failures by kind, and
-clients that never made it.
+processes start together); a failed attempt is retried until the phase's
+deadline. Phase 2: with ``restart_command``, every client reconnects when the
+server drops it while the command restarts (or kills) the server; without it,
+the generator closes every client and reconnects them all at once. Figures per
+phase: time until all were connected and joined, percentiles of each client's
+time, attempts, failures by kind, and clients that never made it.
+
+When to try again is ``backoff.py``'s: with pacing (the default) a client follows
+the reconnect advice of its close and the ``Retry-After`` of a 503, and backs off
+with full jitter otherwise; ``pacing=False`` reconnects at once and retries after
+``retry_interval`` (±50%), as clients that know nothing of pacing do.
+
+A client rejoins with ``since`` and the epoch, and checks every seq it receives
+(``SeqCheck``). With ``publish_rate``, a publisher (on ``publish_url``: an instance
+that is not restarted) sends that many messages a second through phase 2; at its
+end every client must have each seq once: lost, duplicated and reordered are
+reported, and clients whose join did not recover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .context import Context, summary, tolerant, while_running
+from .backoff import Backoff
+from .context import Context, owner_of, summary, tolerant, while_running
 from .cpu import CpuMeter
 from .dialing import CONNECT_ERRORS, Failures
 from .fastws import FastConnection
-from .stats import Histogram
+from .publishers import RealtimePublishers
+from .stats import Histogram, SeqCheck, SeqTotals
 from .target import Target
 from .workers import Pool, Worker
 from .wsclient import RealtimeClient
@@ -35,6 +48,10 @@ START_DELAY = 0.5
 SETTLED = 5.0
 """Seconds after the restart command without a new drop that end the wait."""
 POLL = 0.1
+LEAD = 1.0
+"""Seconds of publishing before the restart command, so it lands mid-stream."""
+CATCH_UP = 30.0
+"""Seconds after the last publication for every client to have it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,9 @@ class ConnectOptions:
     restart_timeout: float = 120.0
     timeout: float = 120.0
     retry_interval: float = 0.5
+    pacing: bool = True
+    publish_rate: float = 0.0
+    publish_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,7 @@ class StormArgs:
     target: Target
     room: str
     members: list[tuple[int, str]]
-    retry_interval: float = 0.5
+    backoff: Backoff = field(default_factory=Backoff)
     concurrency: int = 1_000_000
 
 
@@ -64,6 +84,10 @@ class Seat:
     client: RealtimeClient | None = None
     dropped_at: float | None = None
     joined_at: float | None = None
+    check: SeqCheck = field(default_factory=SeqCheck)
+    epoch: str | None = None
+    early: list[int] | None = None
+    """Seqs pushed while the join's reply is being read: counted after its ``missed``."""
 
 
 @dataclass
@@ -76,6 +100,8 @@ class PhaseTally:
     """Latest join, seconds after the phase's start."""
     joined: int = 0
     gave_up: int = 0
+    unrecovered: int = 0
+    """Rejoins whose reply said ``recovered: false``."""
 
     def result(self) -> dict[str, Any]:
         return {
@@ -85,6 +111,7 @@ class PhaseTally:
             "last": self.last,
             "joined": self.joined,
             "gave_up": self.gave_up,
+            "unrecovered": self.unrecovered,
         }
 
 
@@ -95,7 +122,7 @@ class Storm(Worker[StormArgs]):
         self.tally = PhaseTally()
         self.origin = 0.0
         self.dropped = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._gate = asyncio.Semaphore(max(args.concurrency, 1))
 
     async def rpc_prepare(self) -> int:
@@ -107,19 +134,32 @@ class Storm(Worker[StormArgs]):
         ]
         return len(self.seats)
 
-    async def _join(self, seat: Seat, deadline: float) -> bool:
-        """Connect and join, retrying until ``deadline``; whether it made it."""
+    async def _join(
+        self, seat: Seat, deadline: float, wait: float = 0.0, gated: bool = True
+    ) -> bool:
+        """Connect and join after ``wait``, retrying until ``deadline``; whether it made it.
+
+        ``gated``: at most ``concurrency`` attempts of this process at a time (a
+        reconnect after a drop is not gated: the storm is what is measured).
+        """
         tally = self.tally
         target = self.args.target
+        backoff = self.args.backoff
+        failed = 0
+        if wait > 0:
+            await asyncio.sleep(min(wait, max(deadline - time.monotonic(), 0)))
         while True:
             tally.attempts += 1
             try:
-                async with self._gate, asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+                async with (
+                    self._gate if gated else contextlib.nullcontext(),
+                    asyncio.timeout(max(deadline - time.monotonic(), 0.01)),
+                ):
                     client = await RealtimeClient.open(
                         target, seat.index, seat.tokens[0], FastConnection
                     )
                     try:
-                        await client.command("join", room=self.args.room, token=seat.tokens[1])
+                        await self._subscribe(seat, client)
                     except BaseException:
                         client.connection.abort()
                         raise
@@ -133,11 +173,43 @@ class Storm(Worker[StormArgs]):
                 return True
             except CONNECT_ERRORS as error:
                 tally.failures.add(error)
-            pause = self.args.retry_interval * random.uniform(0.5, 1.5)
+                failed += 1
+                retry_after = getattr(error, "retry_after", None)
+                pause = backoff.after_failure(failed, retry_after, random.random())
             if time.monotonic() + pause >= deadline:
                 tally.gave_up += 1
                 return False
             await asyncio.sleep(pause)
+
+    async def _subscribe(self, seat: Seat, client: RealtimeClient) -> None:
+        """Join the room, with ``since`` after the first time, and count what comes."""
+        room = self.args.room
+        seat.early = []
+        client.on_push = lambda message: self._on_push(seat, message)
+        args: dict[str, Any] = {"room": room, "token": seat.tokens[1]}
+        if seat.epoch is not None:
+            args.update(since=seat.check.last, epoch=seat.epoch)
+        joined = await client.command("join", **args)
+        check = seat.check
+        if seat.epoch is None:
+            check.last = int(joined["seq"])
+        elif not joined.get("recovered"):
+            self.tally.unrecovered += 1
+        seat.epoch = str(joined["epoch"])
+        for message in joined.get("missed", ()):
+            check.add(int(message["seq"]))
+        early, seat.early = seat.early, None
+        for seq in early:
+            check.add(seq)
+
+    def _on_push(self, seat: Seat, message: dict[str, Any]) -> None:
+        if message.get("push") != "message" or message.get("room") != self.args.room:
+            return
+        seq = int(message["seq"])
+        if seat.early is not None:
+            seat.early.append(seq)
+        else:
+            seat.check.add(seq)
 
     async def rpc_phase(self, start_at: float, deadline: float) -> dict[str, Any]:
         """Every client at ``start_at`` (monotonic, shared by the processes)."""
@@ -148,7 +220,7 @@ class Storm(Worker[StormArgs]):
         return self.tally.result()
 
     async def rpc_arm(self, origin: float, deadline: float) -> int:
-        """From now on a client the server drops reconnects at once, until ``deadline``."""
+        """From now on a client the server drops reconnects (``backoff.py``), until ``deadline``."""
         self.tally = PhaseTally()
         self.origin = origin
         self.dropped = 0
@@ -165,13 +237,32 @@ class Storm(Worker[StormArgs]):
     def _dropped(self, seat: Seat, deadline: float) -> None:
         self.dropped += 1
         seat.dropped_at = time.monotonic()
+        reason = seat.client.connection.close_reason if seat.client is not None else ""
         seat.client = None
-        task = asyncio.create_task(self._rejoin(seat, deadline))
+        wait = self.args.backoff.after_close(reason, random.random())
+        task = asyncio.create_task(self._join(seat, deadline, wait, gated=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _rejoin(self, seat: Seat, deadline: float) -> None:
-        await self._join(seat, deadline)
+    async def rpc_behind(self, final_seq: int) -> int:
+        """Clients that have not yet seen ``final_seq``."""
+        return sum(1 for seat in self.seats if seat.check.last < final_seq)
+
+    async def rpc_seqs(self, final_seq: int) -> dict[str, int]:
+        """Seq totals over every client, and lost among those connected at the end
+        (a client that never came back misses everything after its drop)."""
+        totals = SeqTotals()
+        connected = SeqTotals()
+        for seat in self.seats:
+            totals.add(seat.check, final_seq)
+            if seat.client is not None and not seat.client.connection.closed.done():
+                connected.add(seat.check, final_seq)
+        return {
+            "lost": totals.lost,
+            "duplicated": totals.duplicated,
+            "reordered": totals.reordered,
+            "lost_connected": connected.lost,
+        }
 
     async def rpc_snapshot(self) -> dict[str, Any]:
         return {
@@ -209,12 +300,17 @@ def _phase_report(results: list[dict[str, Any]], clients: int) -> dict[str, Any]
     for result in results:
         times.merge(result["times"])
     joined = sum(r["joined"] for r in results)
+    # After a restart, those dropped are the ones to rejoin.
+    expected = sum(r["dropped"] for r in results) if "dropped" in results[0] else clients
+    failures = Failures.merge([r["failures"] for r in results])
     report: dict[str, Any] = {
         "joined": joined,
         "never_joined": clients - joined,
         "attempts": sum(r["attempts"] for r in results),
-        "failures": Failures.merge([r["failures"] for r in results]),
-        "all_joined_s": round(max(r["last"] for r in results), 3) if joined == clients else None,
+        "failed_attempts": sum(failures.values()),
+        "failures": failures,
+        "unrecovered": sum(r["unrecovered"] for r in results),
+        "all_joined_s": round(max(r["last"] for r in results), 3) if joined == expected else None,
         "last_joined_s": round(max(r["last"] for r in results), 3),
         "time_to_join_ms": times.summary_ms(),
     }
@@ -226,9 +322,9 @@ def _phase_report(results: list[dict[str, Any]], clients: int) -> dict[str, Any]
 async def run_connect(context: Context, options: ConnectOptions) -> dict[str, Any]:
     room = options.room or context.room("storm")
     shares = context.deal(context.users("n", options.clients))
+    backoff = Backoff(honour=options.pacing, base=options.retry_interval)
     args = [
-        StormArgs(context.target, room, share, options.retry_interval, context.concurrency)
-        for share in shares
+        StormArgs(context.target, room, share, backoff, context.concurrency) for share in shares
     ]
     async with Pool(Storm, args) as pool:
         return await _run(context, options, pool, room)
@@ -239,7 +335,7 @@ async def _run(context: Context, options: ConnectOptions, pool: Pool, room: str)
     await pool.call("prepare", limit=CALL_TIMEOUT + options.clients / 1000)
     first = await _at_once(context, options, pool, "connect")
     if options.restart_command:
-        second = await _restart(context, options, pool)
+        second = await _restart(context, options, pool, room)
     else:
         closed = sum(await pool.call("close_all", limit=CALL_TIMEOUT))
         progress.note(f"closed {closed} clients; reconnecting them at once")
@@ -249,6 +345,7 @@ async def _run(context: Context, options: ConnectOptions, pool: Pool, room: str)
         "room": room,
         "clients": options.clients,
         "processes": len(pool),
+        "pacing": options.pacing,
         "connect": first,
         "restart" if options.restart_command else "reconnect": second,
     }
@@ -285,9 +382,15 @@ async def _at_once(
     return report
 
 
-async def _restart(context: Context, options: ConnectOptions, pool: Pool) -> dict[str, Any]:
+async def _restart(
+    context: Context, options: ConnectOptions, pool: Pool, room: str
+) -> dict[str, Any]:
     progress = context.progress
     assert options.restart_command is not None
+    stream = await _Stream.open(context, options, room)
+    if stream is not None:
+        progress.note(f"publishing {options.publish_rate}/s to {room}")
+        await asyncio.sleep(LEAD)
     origin = time.monotonic()
     deadline = origin + options.restart_timeout + options.timeout
     meter = context.meter(pool)
@@ -308,7 +411,8 @@ async def _restart(context: Context, options: ConnectOptions, pool: Pool) -> dic
             progress.line(
                 f"restart: {now_dropped} of {armed} dropped, "
                 f"{sum(s['joined'] for s in snapshots)} rejoined after "
-                f"{time.monotonic() - origin:.1f}s"
+                f"{time.monotonic() - origin:.1f}s, {sum(s['attempts'] for s in snapshots)} "
+                "attempts"
             )
             if now_dropped != dropped:
                 dropped, last_drop = now_dropped, time.monotonic()
@@ -324,7 +428,79 @@ async def _restart(context: Context, options: ConnectOptions, pool: Pool) -> dic
     report["restart_command"] = command
     report["command_seconds"] = round(command_done - origin, 3)
     report["armed"] = armed
+    if stream is not None:
+        report["messages"] = await stream.finish(pool, progress)
     return report
+
+
+class _Stream:
+    """Messages published through phase 2, and the check that every client has each."""
+
+    def __init__(self, publishers: RealtimePublishers, rate: float) -> None:
+        self.publishers = publishers
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(rate))
+
+    @classmethod
+    async def open(cls, context: Context, options: ConnectOptions, room: str) -> _Stream | None:
+        if options.publish_rate <= 0:
+            return None
+        owner = owner_of(room)
+        if owner is None:
+            raise SystemExit(f"--publish-rate needs a room with an owner to publish: {room}")
+        target = context.target
+        if options.publish_url is not None:
+            target = dataclasses.replace(target, urls=(options.publish_url,), sources=())
+        publishers = await RealtimePublishers.open(target, [owner], room, 64)
+        return cls(publishers, options.publish_rate)
+
+    async def _run(self, rate: float) -> None:
+        started = time.monotonic()
+        sent = 0
+        while not self._stop.is_set():
+            self.publishers.publish()
+            sent += 1
+            pause = started + sent / rate - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(pause, 0))
+
+    async def finish(self, pool: Pool, progress: Any) -> dict[str, Any]:
+        """Stop publishing, wait (bounded) for every client to catch up, count seqs."""
+        self._stop.set()
+        await self._task
+        stats = self.publishers.stats
+        waited = time.monotonic()
+        for _ in range(int(CATCH_UP / POLL)):
+            if not self.publishers.unanswered:
+                break
+            await asyncio.sleep(POLL)
+        final = stats.last_seq
+        behind = -1
+        while time.monotonic() - waited < CATCH_UP:
+            behind = sum(await pool.call("behind", final, limit=CALL_TIMEOUT))
+            if behind == 0:
+                break
+            progress.line(f"catching up: {behind} clients before seq {final}")
+            await asyncio.sleep(POLL)
+        progress.done()
+        seqs = SeqTotals()
+        lost_connected = 0
+        for part in await pool.call("seqs", final, limit=CALL_TIMEOUT):
+            lost_connected += part.pop("lost_connected")
+            seqs.merge(SeqTotals(**part))
+        await self.publishers.close()
+        return {
+            "published": stats.sent,
+            "acknowledged": stats.acked,
+            "unanswered": self.publishers.unanswered,
+            "errors": stats.errors,
+            "last_seq": final,
+            "clients_behind": behind,
+            "lost": seqs.lost,
+            "lost_by_connected_clients": lost_connected,
+            "duplicated": seqs.duplicated,
+            "reordered": seqs.reordered,
+        }
 
 
 def _cpu(context: Context, meter: CpuMeter, joined: int) -> dict[str, Any]:

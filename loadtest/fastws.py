@@ -51,9 +51,11 @@ ABNORMAL = 1006
 class HandshakeError(ConnectionError):
     """The server answered the upgrade with something else than 101."""
 
-    def __init__(self, status: int, detail: str = "") -> None:
+    def __init__(self, status: int, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} {detail}".strip())
         self.status = status
+        self.retry_after = retry_after
+        """Seconds from the response's ``Retry-After`` (a 503 or 429), if it had one."""
 
 
 class FastConnection(asyncio.Protocol):
@@ -108,6 +110,10 @@ class FastConnection(asyncio.Protocol):
                 await protocol.opened
             except BaseException:
                 protocol.abort()
+                opened = protocol.opened
+                if opened.done() and not opened.cancelled():
+                    # A refusal that came as the timeout hit: seen, or asyncio warns.
+                    opened.exception()
                 raise
         return protocol
 
@@ -179,7 +185,7 @@ class FastConnection(asyncio.Protocol):
         status_line = head[: head.find(b"\r\n")].split(b" ", 2)
         status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
         if status != 101:
-            self._refuse(HandshakeError(status))
+            self._refuse(HandshakeError(status, retry_after=retry_after(head[:end])))
             return
         handshake = self._handshake
         assert handshake is not None
@@ -251,6 +257,16 @@ class FastConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def retry_after(head: bytes) -> float | None:
+    """The ``Retry-After`` of a response head, in seconds (the delay form only)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"retry-after":
+            value = value.strip()
+            return float(value) if value.isdigit() else None
+    return None
 
 
 _addresses: dict[tuple[str, int], tuple[int, tuple[str, int]]] = {}

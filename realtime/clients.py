@@ -21,6 +21,7 @@ from .frames import PING_FRAME
 from .hub import Hub
 from .joins import Joins
 from .metrics import Metrics
+from .pacing import ReconnectPacer
 from .presence import Presence
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,14 @@ class Clients:
         presence: Presence,
         joins: Joins,
         metrics: Metrics,
+        reconnects: ReconnectPacer,
     ) -> None:
         self._settings = settings
         self._hub = hub
         self._presence = presence
         self._joins = joins
         self._metrics = metrics
+        self._reconnects = reconnects
         self._expiries = ExpiryClock()
 
     async def authenticate(self, conn: Connection, identity: Identity) -> None:
@@ -91,11 +94,17 @@ class Clients:
     def _kick_idle(self) -> None:
         limit = self._settings.server.ping_timeout
         now = time.monotonic()
+        idle = []
         for conn in list(self._hub.connections):
             if now - conn.last_seen > limit:
-                conn.close(CloseCode.GOING_AWAY, "no traffic within the ping timeout")
+                idle.append(conn)
             else:
                 conn.send_frame(PING_FRAME)
+        if idle:
+            # Counted together: the advice in their closes spreads them (pacing.py).
+            self._reconnects.leaving(len(idle))
+        for conn in idle:
+            conn.close(CloseCode.GOING_AWAY, "no traffic within the ping timeout")
 
     async def heartbeat(self) -> None:
         """Server pings, and closing connections that went quiet (owned by the node)."""

@@ -49,6 +49,11 @@ class ServerSettings:
     handshake_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_unauthenticated: int = 2048
+    # Pacing reconnects (pacing.py): the advice in paced closes, and new WebSockets
+    # per second past which handshakes get 503 with Retry-After (0: no limit).
+    reconnect_rate: float = 200.0
+    reconnect_delay: float = 0.5
+    max_handshake_rate: float = 0.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -73,6 +78,9 @@ class ServerSettings:
         _at_least("server.handshake_timeout", self.handshake_timeout, 0.1)
         _at_least("server.keepalive_timeout", self.keepalive_timeout, 0.1)
         _at_least("server.max_unauthenticated", self.max_unauthenticated, 1)
+        _at_least("server.reconnect_rate", self.reconnect_rate, 0.1)
+        _at_least("server.reconnect_delay", self.reconnect_delay, 0)
+        _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
 
 
 @dataclass(frozen=True, slots=True)

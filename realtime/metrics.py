@@ -20,6 +20,11 @@ class Metrics:
         self.connections = Gauge("realtime_connections", "Open WebSocket connections.", registry=r)
         self.rooms = Gauge("realtime_rooms", "Rooms with local connections.", registry=r)
         self.connects = Counter("realtime_connects", "Connections authenticated.", registry=r)
+        self.handshakes_refused = Counter(
+            "realtime_handshakes_refused",
+            "WebSocket handshakes answered 503 past server.max_handshake_rate.",
+            registry=r,
+        )
         self.disconnects = Counter(
             "realtime_disconnects", "Connections closed, by close code.", ["code"], registry=r
         )

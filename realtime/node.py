@@ -48,6 +48,7 @@ from .membership import Membership
 from .messages import Messages
 from .metrics import Metrics
 from .notices import Notices
+from .pacing import HandshakeLimiter, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
@@ -77,6 +78,9 @@ class Node:
         self.instance_id = instance_id or settings.server.instance_id or secrets.token_hex(4)
         self.draining = False
         self.tasks = TaskSet()
+        server = settings.server
+        self.reconnects = ReconnectPacer(server.reconnect_rate, server.reconnect_delay)
+        self.handshakes = HandshakeLimiter(server.max_handshake_rate)
         self.auth = Authenticator(settings.auth)
         self.policy = Policy(settings.namespaces, store, self.auth)
         self.hub = Hub(broker, self._fetch_missed, settings.delivery, self.metrics)
@@ -87,7 +91,9 @@ class Node:
         self.joins = Joins(
             settings, store, stored, self.hub, self.policy, presence, publisher, self.typing
         )
-        self.clients = Clients(settings, self.hub, presence, self.joins, self.metrics)
+        self.clients = Clients(
+            settings, self.hub, presence, self.joins, self.metrics, self.reconnects
+        )
         self.messages = Messages(store, stored, self.policy, publisher, self.metrics)
         self.membership = Membership(
             store, stored, self.policy, publisher, self.hub, self.joins, self.tasks
@@ -111,7 +117,10 @@ class Node:
     async def drain(self) -> None:
         """Close every connection with 1012 once its command in flight is answered."""
         self.draining = True
-        for conn in list(self.hub.connections):
+        connections = list(self.hub.connections)
+        # Everyone leaves at once: the advice in each 1012 spreads them (pacing.py).
+        self.reconnects.leaving(len(connections))
+        for conn in connections:
             if not conn.busy:
                 conn.close(CloseCode.RESTARTING, "server restarting: reconnect")
         try:

@@ -77,7 +77,14 @@ def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
         return _refusal(503, "unavailable", "server restarting: connect to another instance"), None
     negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
     response = negotiator.accept(request)
-    return response, negotiator.subprotocol if response.status_code == 101 else None
+    if response.status_code != 101:
+        return response, None
+    retry_after = node.handshakes.admit()
+    if retry_after is not None:
+        node.metrics.handshakes_refused.inc()
+        message = f"too many new connections: retry after {retry_after}s"
+        return _refusal(503, "unavailable", message, retry_after), None
+    return response, negotiator.subprotocol
 
 
 def _first_offered(_: ServerProtocol, offered: Any) -> Subprotocol | None:
@@ -88,7 +95,7 @@ def _first_offered(_: ServerProtocol, offered: Any) -> Subprotocol | None:
     return None
 
 
-def _refusal(status: int, code: str, message: str) -> Response:
+def _refusal(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
     headers = Headers(
         [
@@ -97,6 +104,8 @@ def _refusal(status: int, code: str, message: str) -> Response:
             ("Content-Length", str(len(body))),
         ]
     )
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Response(status, "", headers, body)
 
 
@@ -256,6 +265,7 @@ class WebSocket:
         frames = self._frames
         if frames.state is State.OPEN:
             self.close_code = code
+            reason = self._node.reconnects.advise(code, reason)
             frames.send_close(code, close_reason(reason).decode())
             self._flush()
             self._arm_close_timer()
@@ -456,8 +466,12 @@ async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
     upgrade = Request(request.path_qs, Headers(request.headers.items()))
     response, subprotocol = handshake(node, upgrade)
     if response.status_code != 101:
+        retry_after = response.headers.get("Retry-After")
         return web.Response(
-            status=response.status_code, body=response.body, content_type="application/json"
+            status=response.status_code,
+            body=response.body,
+            content_type="application/json",
+            headers={"Retry-After": retry_after} if retry_after else None,
         )
     reply = web.StreamResponse(status=101, headers=dict(response.headers.raw_items()))
     await reply.prepare(request)
