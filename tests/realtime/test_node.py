@@ -89,7 +89,7 @@ async def test_ready_names_the_reason_when_the_store_does_not_answer(tmp_path: P
         assert await node.ready() == {"storage": "ok", "broker": "ok"}
         gates[0].shut()
         status = await node.ready()
-        assert status["storage"] == "unavailable: no answer within 0.2s"
+        assert status["storage"] == "unavailable: timed out after 0.2s"
         gates[0].open()
 
 
