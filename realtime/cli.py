@@ -29,6 +29,7 @@ from .app_keys import NODE
 from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
 from .listener import Doorway, FirstRequest
+from .logs import configure as configure_logging
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(Authenticator(settings.auth).mint(args.user, room=args.room, ttl=args.ttl))
         return 0
-    _configure_logging(settings)
+    configure_logging(settings.server.log_level, settings.server.log_format)
     if args.command == "migrate":
         uvloop.run(_migrate(settings))
         return 0
@@ -96,13 +97,6 @@ def _settings(path: str | None, *, auth: bool) -> Settings:
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
     return load_settings(path, auth=auth)
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def _migrate(settings: Settings) -> None:

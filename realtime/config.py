@@ -51,6 +51,8 @@ class ServerSettings:
     max_unauthenticated: int = 2048
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Operations: log lines as text or JSON (with each connection's user and session).
+    log_format: Literal["text", "json"] = "text"
 
     def check(self) -> None:
         _at_least("server.port", self.port, 0)
