@@ -167,7 +167,10 @@ class Hub:
     def deliver(self, name: str, push: Outgoing, skip_user: str | None = None) -> None:
         room = self.rooms.get(name)
         if room is not None:
-            self._metrics.deliveries.inc(room.deliver(push, skip_user))
+            delivered = room.deliver(push, skip_user)
+            self._metrics.deliveries.inc(delivered)
+            if delivered and isinstance(push, MessagePush):
+                self._metrics.message_delivered(push.message.ts)
 
     def offer(self, name: str, push: MessagePush) -> None:
         room = self.rooms.get(name)
@@ -176,6 +179,7 @@ class Hub:
         delivered = room.offer(push)
         if delivered:
             self._metrics.deliveries.inc(delivered)
+            self._metrics.message_delivered(push.message.ts)
         if not room.by_codec and not room.waiting:
             # Its last connections fell behind (lagged); they rejoin to come back.
             self._drop_if_unused(room)
