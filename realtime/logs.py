@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -43,6 +43,14 @@ def bound(conn: Connection) -> Iterator[None]:
         yield
     finally:
         CONNECTION.reset(token)
+
+
+def unbound() -> Context:
+    """A fresh context that names no connection, for work a connection's command
+    starts but many share (a room's broker subscription and the listener it may
+    start, a gap fill, a write to many sockets): its lines are nobody's, and it
+    keeps no connection alive."""
+    return Context()
 
 
 class ConnectionFilter(logging.Filter):

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
 from tests.client import Client
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.helpers_auth import encode, raw_open, raw_reply
 from tests.e2e.support import cli_env, eventually, metric, run_cli
 from tests.server import SECRET, SERVICE_KEY, Http, ServerProcess, unique
+from tests.services import RedisClusterServer
 
 API = "/api/v1"
 # Anyone may join and send; no history, so messages take the unsequenced path.
@@ -246,3 +248,29 @@ def test_port_taken_fails_in_one_line_before_anything_starts(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr + result.stdout
     assert " ready" not in result.stderr + result.stdout  # "instance … ready"
     assert not database.exists()  # the store was never opened
+
+
+async def test_shared_work_a_join_started_names_no_connection(
+    make_server: ServerFactory, redis_cluster: RedisClusterServer
+) -> None:
+    """On a Redis Cluster a shard's listener starts with the first subscription to a
+    channel there, in the task of the join that asked for it: the listener's lines
+    must not name that connection (nor keep it alive)."""
+    prefix = unique("ops")
+    server = make_server(
+        env={
+            "REALTIME_SERVER_LOG_FORMAT": "json",
+            "REALTIME_BROKER_URL": redis_cluster.url,
+            "REALTIME_BROKER_PREFIX": prefix,
+        }
+    )
+    user = unique("u")
+    client = await Client.connected(server.ws_url, server.token(user))
+    cluster = RedisCluster.from_url(redis_cluster.url.replace("redis+cluster", "redis"))
+    try:
+        await cluster.spublish(f"{prefix}:user:{user}", b"not an event")
+        (dropped,) = await logged(server, f"dropped a broker message on user:{user}")
+    finally:
+        await cluster.aclose()
+        await client.close()
+    assert (dropped["user"], dropped["session"]) == (None, None)
