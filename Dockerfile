@@ -1,6 +1,7 @@
 # realtime: one instance. Embedded SQLite by default (data in /app/data);
 # set REALTIME_STORAGE_DSN=postgresql://... and REALTIME_BROKER_URL=redis://... to cluster.
-FROM python:3.11-slim
+# Pinned to a patch release (and its Debian release): a rebuild gets the same interpreter.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from .rest import Handler, add_routes, api_errors
 from .ws import aiohttp_websocket
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("realtime.access")
 
 
 def create_seams(settings: Settings, owner: str) -> tuple[Broker, Presence]:
@@ -43,7 +45,7 @@ def create_seams(settings: Settings, owner: str) -> tuple[Broker, Presence]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_request_bytes,
-        middlewares=[api_errors, read_body_in_time],
+        middlewares=[observe_requests, api_errors, read_body_in_time],
     )
     # Upgrades on a kept-alive HTTP connection; fresh ones never reach aiohttp.
     app.router.add_get("/ws", aiohttp_websocket)
@@ -65,6 +67,53 @@ def http_options(settings: ServerSettings) -> dict[str, Any]:
         "max_field_size": 8190,
         "max_headers": 128,
     }
+
+
+@web.middleware
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request aiohttp serves (by route, method and status) and, with
+    ``server.access_log``, log it: method, path without the query, status, duration.
+    Nothing from the headers (the service key) and no query string is logged."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away first (nginx's code for it)
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        if status != 101:  # a WebSocket's life is no request's latency
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            node = request.app[NODE]
+            node.metrics.request_done(request.method, route, status, seconds)
+            if node.settings.server.access_log:
+                _log_access(request, status, seconds)
+
+
+def _log_access(request: web.Request, status: int, seconds: float) -> None:
+    duration_ms = round(seconds * 1000, 3)
+    path = request.rel_url.raw_path  # as sent: percent-escapes stay escaped
+    access_log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "remote": request.remote,
+        },
+    )
 
 
 @web.middleware

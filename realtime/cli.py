@@ -12,10 +12,13 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 import tomllib
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from .app_keys import NODE
 from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
 from .listener import Doorway, FirstRequest
+from .logs import configure as configure_logging
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -84,11 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(Authenticator(settings.auth).mint(args.user, room=args.room, ttl=args.ttl))
         return 0
-    _configure_logging(settings)
+    configure_logging(settings.server.log_level, settings.server.log_format)
     if args.command == "migrate":
         uvloop.run(_migrate(settings))
         return 0
-    uvloop.run(serve_forever(settings))
+    try:
+        uvloop.run(serve_forever(settings))
+    except CannotListen as error:
+        print(f"realtime: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,13 +104,6 @@ def _settings(path: str | None, *, auth: bool) -> Settings:
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
     return load_settings(path, auth=auth)
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def _migrate(settings: Settings) -> None:
@@ -139,9 +140,47 @@ def _check_descriptors(unauthenticated: int) -> None:
         )
 
 
+class CannotListen(Exception):
+    """The port is taken (or the host unknown, or the port not ours to use)."""
+
+
+class _Entrance:
+    """The protocol of a new connection, known once the app has started (the socket
+    is bound before, and accepts nothing until ``start_serving``)."""
+
+    def __init__(self) -> None:
+        self.protocol: Callable[[], asyncio.Protocol] | None = None
+
+    def __call__(self) -> asyncio.Protocol:
+        assert self.protocol is not None, "a connection was accepted before start-up"
+        return self.protocol()
+
+
+async def _bind(
+    host: str, port: int, factory: Callable[[], asyncio.Protocol]
+) -> asyncio.AbstractServer:
+    """The listening socket, bound but not yet accepting: taken first, so that a
+    port in use stops start-up before the store is opened or "ready" is logged."""
+    try:
+        return await asyncio.get_running_loop().create_server(
+            factory, host, port, backlog=4096, reuse_address=True, start_serving=False
+        )
+    except OSError as error:
+        if isinstance(error, socket.gaierror) or not error.errno:
+            reason = error.strerror or str(error)
+        else:
+            reason = os.strerror(error.errno)
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 async def serve_forever(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and exit."""
+    """Serve until SIGTERM or SIGINT, then drain and exit.
+
+    Raises ``CannotListen`` before anything starts when the port cannot be bound.
+    """
     app = create_app(settings)
+    entrance = _Entrance()
+    listener = await _bind(settings.server.host, settings.server.port, entrance)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -149,7 +188,11 @@ async def serve_forever(settings: Settings) -> None:
         shutdown_timeout=settings.server.shutdown_timeout,
         **http_options(settings.server),
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        listener.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -163,13 +206,8 @@ async def serve_forever(settings: Settings) -> None:
         doorway = Doorway(
             node.admission, settings.server.handshake_timeout, settings.server.close_timeout
         )
-        listener = await loop.create_server(
-            lambda: FirstRequest(http, websocket, doorway),
-            settings.server.host,
-            settings.server.port,
-            backlog=4096,
-            reuse_address=True,
-        )
+        entrance.protocol = lambda: FirstRequest(http, websocket, doorway)
+        await listener.start_serving()
         log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
         # What start-up made (modules, settings, the app) lives as long as the process:
         # moved out of the collector's sight, every full collection, a pause for every
@@ -178,7 +216,7 @@ async def serve_forever(settings: Settings) -> None:
         gc.set_threshold(*GC_THRESHOLDS)
         await stop.wait()
         log.info("stopping: draining connections")
-        listener.close()  # accept nothing new; the drain closes what is open
     finally:
+        listener.close()  # accept nothing new; the drain closes what is open
         await runner.cleanup()
     log.info("stopped")

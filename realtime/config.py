@@ -56,6 +56,10 @@ class ServerSettings:
     max_handshake_rate: float = 0.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Operations: log lines as text or JSON (with each connection's user and
+    # session), and one line per REST request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False
 
     def check(self) -> None:
         _at_least("server.port", self.port, 0)

@@ -29,6 +29,7 @@ from protocol import CloseCode, Codec
 from protocol.outgoing import LaggedPush, MessagePush, Outgoing, PresencePush, TypingPush
 
 from .frames import encode_frame
+from .logs import unbound
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ class Outbox:
         self.stopped: list[Connection] = []
         self._dirty: list[Connection] = []
         self._scheduled = False
-        self._schedule = schedule or (lambda flush: asyncio.get_running_loop().call_soon(flush))
+        self._schedule = schedule or (
+            lambda flush: asyncio.get_running_loop().call_soon(flush, context=unbound())
+        )
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)

@@ -24,6 +24,7 @@ from storage import StorageError
 from .broker import Broker
 from .config import DeliverySettings
 from .connection import Connection, Outbox
+from .logs import unbound
 from .metrics import Metrics
 from .room import Room
 
@@ -140,7 +141,7 @@ class Hub:
 
     def _chain(self, name: str, operation: Callable[[str], Awaitable[None]]) -> None:
         previous = self._transitions.get(name)
-        task = asyncio.create_task(self._after(previous, operation, name))
+        task = asyncio.create_task(self._after(previous, operation, name), context=unbound())
         self._transitions[name] = task
         task.add_done_callback(partial(self._transition_done, name))
 
@@ -167,7 +168,10 @@ class Hub:
     def deliver(self, name: str, push: Outgoing, skip_user: str | None = None) -> None:
         room = self.rooms.get(name)
         if room is not None:
-            self._metrics.deliveries.inc(room.deliver(push, skip_user))
+            delivered = room.deliver(push, skip_user)
+            self._metrics.deliveries.inc(delivered)
+            if delivered and isinstance(push, MessagePush):
+                self._metrics.message_delivered(push.message.ts)
 
     def offer(self, name: str, push: MessagePush) -> None:
         room = self.rooms.get(name)
@@ -176,6 +180,7 @@ class Hub:
         delivered = room.offer(push)
         if delivered:
             self._metrics.deliveries.inc(delivered)
+            self._metrics.message_delivered(push.message.ts)
         if not room.by_codec and not room.waiting:
             # Its last connections fell behind (lagged); they rejoin to come back.
             self._drop_if_unused(room)
@@ -206,7 +211,7 @@ class Hub:
 
     def _schedule_fill(self, name: str, delay: float) -> None:
         loop = asyncio.get_running_loop()
-        self._fill_timers[name] = loop.call_later(delay, self._start_fill, name)
+        self._fill_timers[name] = loop.call_later(delay, self._start_fill, name, context=unbound())
 
     def _start_fill(self, name: str) -> None:
         task = asyncio.create_task(self._fill(name))

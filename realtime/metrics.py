@@ -5,12 +5,38 @@ Hot paths count once per push or per batch, never once per recipient.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class Metrics:
@@ -99,6 +125,42 @@ class Metrics:
         # Labelled children, looked up once: labels() costs more than the count.
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._timings: dict[str, Any] = {}
+
+        # Operations: the process, the collector, REST latency, delivery latency.
+        # The process-wide collectors read /proc, the gc module and the platform
+        # when scraped; they cost nothing in between.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.request_seconds = Histogram(
+            "realtime_http_request_seconds",
+            "Time to answer a REST or operations request, by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.delivery_seconds = Histogram(
+            "realtime_delivery_latency_seconds",
+            "From a room message's timestamp (when it was stored, or published for "
+            "rooms without history) to its fan-out on this instance; once per message, "
+            "not per recipient. Across instances it includes their clock difference.",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._observe_delivery = self.delivery_seconds.observe
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        timing = self._requests.get((route, method, status))
+        if timing is None:
+            timing = self._requests[route, method, status] = self.request_seconds.labels(
+                route, method, str(status)
+            )
+        timing.observe(seconds)
+
+    def message_delivered(self, ts: int) -> None:
+        """A message stamped ``ts`` (Unix ms) was just handed to this instance's sockets."""
+        self._observe_delivery(max(time.time() - ts / 1000, 0.0))
 
     def command_done(self, op: str, outcome: str, seconds: float | None = None) -> None:
         """Count a command by op and outcome (ok or an error code), and time it."""

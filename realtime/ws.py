@@ -46,6 +46,7 @@ from .app_keys import NODE
 from .connection import Connection
 from .frames import close_reason
 from .listener import http_error, refuse
+from .logs import bind, bound
 from .node import Node
 from .session import Session
 
@@ -222,6 +223,7 @@ class WebSocket:
     async def _work(self, first: Any) -> None:
         """Handle waiting messages in order; the task ends when none are left."""
         session = self._session
+        bind(self.conn)  # this task's log lines name the connection
         try:
             if first is not None:
                 await first
@@ -264,6 +266,9 @@ class WebSocket:
         """Start the closing handshake (``Connection``'s close callback)."""
         frames = self._frames
         if frames.state is State.OPEN:
+            if code >= 4000:
+                with bound(self.conn):
+                    log.info("closing with %d: %s", code, reason)
             self.close_code = code
             reason = self._node.reconnects.advise(code, reason)
             frames.send_close(code, close_reason(reason).decode())
@@ -287,6 +292,7 @@ class WebSocket:
         self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
 
     async def _finish(self) -> None:
+        bind(self.conn)
         worker = self._worker
         if worker is not None:
             worker.cancel()

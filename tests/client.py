@@ -94,11 +94,13 @@ class Client:
         command_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[command_id] = future
-        await self.ws.send(self.encode({"id": command_id, "op": op, **args}))
         try:
+            await self.ws.send(self.encode({"id": command_id, "op": op, **args}))
             return await asyncio.wait_for(future, TIMEOUT)
         finally:
             self._waiting.pop(command_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # the reader may have failed it while we sent
 
     async def call(self, op: str, **args: Any) -> dict[str, Any]:
         """Send a command; return its ``ok`` or raise ``CommandFailed``."""
