@@ -154,6 +154,7 @@ const STATE_TEXT = {
 
 function showConnection({ state, delay }) {
   $('connection').dataset.state = state;
+  $('chat').dataset.online = String(state === State.ONLINE || state === State.RECOVERED);
   let text = session ? STATE_TEXT[state] : 'signed out';
   if (state === State.RECONNECTING && delay !== undefined) text = `reconnecting in ${(delay / 1000).toFixed(1)} s…`;
   $('connection-text').textContent = text;
@@ -164,7 +165,9 @@ function wireClient(client) {
   client.on('state', (change) => {
     if (client !== session?.client) return;
     showConnection(change);
-    if (change.state === State.RECONNECTING && change.delay !== undefined) log(`reconnecting in ${change.delay} ms`);
+    if (change.state === State.RECONNECTING && change.delay !== undefined) {
+      log(`reconnecting in ${Math.round(change.delay)} ms`);
+    }
     if (change.state === State.ONLINE || change.state === State.RECOVERED) log(change.state);
     if (change.state === State.CLOSED && change.error) log(`closed: ${change.error.message}`);
   });

@@ -57,6 +57,10 @@ def add_demo_routes(app: web.Application, settings: Settings) -> None:
         "DEMO MODE IS ON (demo.enabled): /demo/ signs in ANY user name without a password "
         "and mints its token (over loopback only). Never enable it on a server others use."
     )
+    host = settings.server.host
+    log.info(
+        "demo page: http://%s:%d/demo/", f"[{host}]" if ":" in host else host, settings.server.port
+    )
     if not is_loopback_name(settings.server.host):
         log.warning(
             "demo: server.host %r is not loopback, so /demo/token refuses every request",
