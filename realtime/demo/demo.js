@@ -184,30 +184,37 @@ function wireClient(client) {
 // The room ----------------------------------------------------------------------------
 
 function wireRoom(room) {
-  room.on('state', ({ state }) => {
+  // After a sign-out the old room still reports its end: only the current one is shown.
+  const on = (event, listener) =>
+    room.on(event, (value) => {
+      if (room === session?.room) listener(value);
+    });
+  on('state', ({ state }) => {
     $('room-state').textContent = state === 'joined' ? '' : state;
   });
-  room.on('message', (message) => {
-    if (room !== session?.room) return;
+  on('message', (message) => {
     appendMessage(message);
     markRead();
   });
-  room.on('reset', () => {
+  on('reset', () => {
     // The room's history was replaced: what is on the page is void.
     $('messages').replaceChildren();
     session.firstSeq = null;
     log('the room history was reset');
   });
-  room.on('recovery', (r) => {
+  on('recovery', (r) => {
     const parts = [`${r.missed} missed`, `${r.filled} from history`];
     if (r.lost) parts.push(`${r.lost} expired`);
     log(`rejoined ${room.name}: ${parts.join(', ')}`);
   });
-  room.on('typing', () => showTyping(room));
-  room.on('presence', () => showPresence(room));
-  room.on('read', () => showReads(room));
-  room.on('lagged', () => log('the server paused this room for a slow reader; catching up'));
-  room.on('error', (error) => log(`room error: ${error.message}`));
+  on('typing', () => showTyping(room));
+  on('presence', ({ event, user }) => {
+    if (event !== 'sync' && user !== session.user) log(`${user} ${event === 'join' ? 'came online' : 'went offline'}`);
+    showPresence(room);
+  });
+  on('read', () => showReads(room));
+  on('lagged', () => log('the server paused this room for a slow reader; catching up'));
+  on('error', (error) => log(`room error: ${error.message}`));
 }
 
 function messageNode(message) {
@@ -297,7 +304,7 @@ function showPresence(room) {
   const list = $('presence');
   list.replaceChildren();
   for (const user of [...room.presence].sort()) {
-    const item = element('li', user === session.user ? 'me' : null);
+    const item = element('li', user === session.user ? 'self' : null);
     item.dataset.user = user;
     item.append(element('span', 'online-dot'), element('span', 'name', user === session.user ? `${user} (you)` : user));
     if (user !== session.user) {
@@ -383,6 +390,9 @@ function addNotification(item) {
   node.tabIndex = 0;
   node.append(element('span', 'what', notificationText(item)), element('time', null, clock(item.ts)));
   node.addEventListener('click', () => readNotifications({ ids: [item.id] }));
+  node.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') readNotifications({ ids: [item.id] });
+  });
   session.notifications.set(item.id, { item, node });
   // Newest first.
   const list = $('notification-list');

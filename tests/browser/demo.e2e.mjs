@@ -139,6 +139,16 @@ try {
   const { alice, bob } = pages;
   await shoot(alice, '01-sign-in');
 
+  step('a forwarded request may not sign in');
+  const forwarded = await browser.newContext({ extraHTTPHeaders: { 'X-Forwarded-For': '203.0.113.9' } });
+  const outsider = await forwarded.newPage();
+  await outsider.goto(`${HTTP}/demo/`);
+  await outsider.fill('#user', 'mallory');
+  await outsider.press('#user', 'Enter');
+  await waitText(outsider, '#sign-in-error', 'loopback only');
+  assert.equal(await outsider.isVisible('#chat'), false);
+  await forwarded.close();
+
   step('both sign in');
   for (const [user, page] of Object.entries(pages)) {
     await page.fill('#user', user);
@@ -292,6 +302,18 @@ try {
   await bob.click('#bell');
   await bob.waitForSelector('#notifications:not([hidden])');
   await shoot(bob, '05-recovered-bob');
+  for (const [user, page] of Object.entries(pages)) {
+    const log = await page.$$eval('#log li', (items) => items.map((item) => item.textContent).reverse());
+    console.log(`${user}'s connection log:\n  ${log.join('\n  ')}`);
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#presence li')].map((item) => item.dataset.user).join() === 'alice,bob',
+      null,
+      { timeout: WAIT },
+    );
+  }
+  await bob.setViewportSize({ width: 420, height: 760 });
+  await bob.click('#text'); // closes the panel
+  await shoot(bob, '06-narrow-bob');
   assert.deepEqual(errors, [], 'no uncaught errors in the pages');
   console.log(`DONE ${all.length} messages on both pages; screenshots: ${shots.join(' ')}`);
 } catch (error) {
