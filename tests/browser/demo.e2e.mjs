@@ -314,6 +314,9 @@ try {
   await bob.setViewportSize({ width: 420, height: 760 });
   await bob.click('#text'); // closes the panel
   await shoot(bob, '06-narrow-bob');
+  for (const user of ['alice', 'bob']) {
+    assert.ok(await bob.isVisible(`#presence li[data-user="${user}"] .name`), `${user} shown online, narrow`);
+  }
   assert.deepEqual(errors, [], 'no uncaught errors in the pages');
   console.log(`DONE ${all.length} messages on both pages; screenshots: ${shots.join(' ')}`);
 } catch (error) {
