@@ -32,8 +32,11 @@ setup-test: setup-dev
 data/dev.env:
 	@./scripts/dev-env >/dev/null
 
+# The demo page at /demo/ is on here (DEMO=false turns it off): docs/demo.md.
+DEMO ?= true
+
 run: setup data/dev.env
-	. data/dev.env && exec $(BIN)/python -m realtime serve --config $(CONFIG)
+	. data/dev.env && REALTIME_DEMO_ENABLED=$(DEMO) exec $(BIN)/python -m realtime serve --config $(CONFIG)
 
 # make token ID=alice [ROOM=swap:1]: a token signed with the dev secret
 token: setup data/dev.env

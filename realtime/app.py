@@ -22,6 +22,7 @@ from .app_keys import NODE
 from .broker import Broker
 from .broker_memory import MemoryBroker
 from .config import ServerSettings, Settings
+from .demo import add_demo_routes
 from .errors import json_error
 from .node import Node
 from .presence import Presence
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     # Upgrades on a kept-alive HTTP connection; fresh ones never reach aiohttp.
     app.router.add_get("/ws", aiohttp_websocket)
     add_routes(app)
+    add_demo_routes(app, settings)  # only with demo.enabled
     app.cleanup_ctx.append(_lifecycle(settings))
     app.on_shutdown.append(_drain)
     return app

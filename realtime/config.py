@@ -213,6 +213,25 @@ class NamespaceSettings:
         _at_least(f"namespaces.{name}.max_body_bytes", self.max_body_bytes, 1)
 
 
+# The demo page (realtime/demo/): off unless asked for. While on, POST /demo/token
+# mints a token for any user who asks over loopback (see docs/demo.md).
+@dataclass(frozen=True, slots=True)
+class DemoSettings:
+    enabled: bool = False
+    room: str = "swap:demo"
+
+    def check(self, namespaces: Mapping[str, NamespaceSettings]) -> None:
+        namespace, _, key = self.room.partition(":")
+        rules = namespaces.get(namespace)
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", key) or rules is None:
+            raise ConfigError(
+                f"demo.room must be <namespace>:<key> of a configured namespace, got {self.room!r}"
+            )
+        # The demo lets its users in by granting membership.
+        if rules.join not in ("members", "anyone"):
+            raise ConfigError(f"demo.room: namespace {namespace!r} must join 'members' or 'anyone'")
+
+
 def default_namespaces() -> dict[str, NamespaceSettings]:
     return {
         "swap": NamespaceSettings(join="members", send="members", presence=True, typing=True),
@@ -230,6 +249,7 @@ class Settings:
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     namespaces: dict[str, NamespaceSettings] = field(default_factory=default_namespaces)
+    demo: DemoSettings = field(default_factory=DemoSettings)
 
     def check(self, *, auth: bool = True) -> None:
         self.server.check()
@@ -247,6 +267,7 @@ class Settings:
             raise ConfigError("namespaces.user is required: every connection joins user:<id>")
         if self.namespaces["user"].join != "owner":
             raise ConfigError("namespaces.user.join must be 'owner'")
+        self.demo.check(self.namespaces)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -256,6 +277,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "broker": BrokerSettings,
     "presence": PresenceSettings,
     "delivery": DeliverySettings,
+    "demo": DemoSettings,
 }
 
 
