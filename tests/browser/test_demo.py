@@ -22,6 +22,7 @@ from typing import IO
 
 import pytest
 
+from tests.node_tools import node_with_packages
 from tests.server import ROOT, SERVICE_KEY, ServerProcess
 
 HERE = Path(__file__).resolve().parent
@@ -35,25 +36,12 @@ RUN_TIMEOUT = 300
 @pytest.fixture(scope="module")
 def node() -> str:
     """node, with playwright-core installed, and Debian's Chromium."""
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("the browser test needs Node.js >= 20 (`node` on PATH)")
     if not CHROMIUM.exists():
         pytest.fail(f"the browser test needs {CHROMIUM}: `./scripts/system-packages test`")
-    installed = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        npm = subprocess.run(
-            ["npm", "ci", "--prefix", str(HERE), "--no-audit", "--no-fund"],
-            env=os.environ | {"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if npm.returncode != 0:
-            pytest.fail(f"npm ci failed:\n{npm.stdout}\n{npm.stderr}")
-    return path
+    # Debian's Chromium is the browser: playwright must not try to download its own.
+    return node_with_packages(
+        HERE, "the browser tests", env={"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
+    )
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster, make_cluster
+from tests.node_tools import node_major, node_with_packages
 from tests.server import ROOT, SECRET, SERVICE_KEY, ServerProcess
 from tests.services import NginxServer, PostgresServer, RedisServer
 
@@ -38,31 +38,7 @@ NODE_TIMEOUT = 400
 @pytest.fixture(scope="session")
 def node() -> str:
     """The node binary (>= 20), with the client's devDependencies installed."""
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("the JavaScript client tests need Node.js >= 20 (`node` on PATH)")
-    if node_major(path) < 20:
-        pytest.fail(f"the JavaScript client needs Node.js >= 20, found {node_major(path)}")
-    installed = JS / "node_modules" / ".package-lock.json"
-    lock = JS / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        npm = subprocess.run(
-            ["npm", "ci", "--prefix", str(JS), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if npm.returncode != 0:
-            pytest.fail(f"npm ci failed:\n{npm.stdout}\n{npm.stderr}")
-    return path
-
-
-def node_major(node: str) -> int:
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
-    return int(version.strip().lstrip("v").split(".")[0])
+    return node_with_packages(JS, "the JavaScript client tests")
 
 
 def run_node(
