@@ -20,6 +20,7 @@ from protocol import CommandError, ErrorCode
 from protocol.commands import DEFAULT_LIMIT, MAX_LIMIT
 from protocol.outgoing import HistoryResult, NotificationsResult, SendResult
 
+from . import http_log
 from . import rest_types as rt
 from .app_keys import NODE
 from .errors import CODE_FOR_STATUS, STATUS, error_response, json_error
@@ -338,6 +339,7 @@ ROUTES: tuple[Route, ...] = (
 
 def add_routes(app: web.Application) -> None:
     add_route_table(app, ROUTES)
+    http_log.install()
 
 
 __all__ = ["ROUTES", "STATUS", "add_routes", "api_errors"]

@@ -2,12 +2,15 @@
 
 Each test asks the server and reads the document it serves: every status answered is
 documented for that operation, the rules across fields are in the schemas (``oneOf``,
-``not``), and the bounds the server enforces are the ones documented.
-``test_openapi_fuzz.py`` has a fuzzer look for any other disagreement.
+``not``), the bounds the server enforces are the ones documented, and a request
+aiohttp cannot parse is one log line. ``test_openapi_fuzz.py`` has a fuzzer look
+for any other disagreement.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -291,3 +294,47 @@ async def test_null_is_an_absent_optional_field(server: ServerProcess) -> None:
             400,
             "bad_request",
         )
+
+
+# What aiohttp cannot parse ------------------------------------------------------------------
+
+
+async def exchange(server: ServerProcess, *requests: bytes) -> bytes:
+    """Send requests on one connection, reading each answer but the last, which is
+    read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        async with asyncio.timeout(10):
+            for request in requests[:-1]:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                assert length is not None
+                await reader.readexactly(int(length[1]))
+            writer.write(requests[-1])
+            return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_a_nul_byte_in_a_header_is_answered_400_and_logged_on_one_line(
+    server: ServerProcess,
+) -> None:
+    good = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    bad = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: a\x00b\r\n\r\n"
+    # The bad request first on a connection, and after a good one (as an HTTP client
+    # library reuses a connection).
+    for requests in ((bad,), (good, bad)):
+        before = len(server.log())
+        answer = await exchange(server, *requests)
+        assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:80]
+        async with asyncio.timeout(10):
+            while "malformed HTTP request" not in server.log()[before:]:
+                await asyncio.sleep(0.05)
+        logged = server.log()[before:]
+        assert "Traceback" not in logged and "ERROR" not in logged, logged
+        (line,) = [line for line in logged.splitlines() if "malformed HTTP request" in line]
+        assert "Invalid header value char" in line
