@@ -3,9 +3,10 @@
 A definition is a dataclass (an input: read and checked by ``read``) or a TypedDict
 (an output: only described), with fields typed as ``str``, ``int``, ``bool``,
 ``list[...]``, ``tuple[..., ...]``, ``dict[str, ...]``, ``Literal[...]``, a ``StrEnum``,
-another definition, ``X | None`` or ``JsonText``, narrowed by ``Annotated`` markers:
-``Pattern``, ``Length``, ``Range``, ``Items`` and ``Doc``. So one declaration gives
-the OpenAPI schema and the rules a request is held to, and they cannot disagree.
+another definition, ``X | None`` or ``JsonText``, narrowed by ``Annotated`` markers
+(``Pattern``, ``Length``, ``Range``, ``Items``, ``Doc``, ``Example``). So one
+declaration gives the OpenAPI schema and the rules a request is held to, and they
+cannot disagree.
 
 An optional field (one with a default, or ``NotRequired``) may be absent or null:
 both mean the default, as in WebSocket commands. A dataclass may add ``rules``
@@ -325,9 +326,10 @@ class ListSpec(Spec):
     @property
     def label(self) -> str:
         low, high = self.items.minimum, self.items.maximum
-        count = f"at most {high}" if low == 0 else f"{low} to {high}"
         if high is None:
-            count = "any number of" if low == 0 else f"at least {low}"
+            count = "any number" if low == 0 else f"at least {low}"
+        else:
+            count = f"at most {high}" if low == 0 else f"{low} to {high}"
         return f"a list of {count} ({self.item.label})"
 
     def bare(self, schemas: Components) -> Schema:
@@ -346,7 +348,7 @@ class ListSpec(Spec):
             or (high is not None and len(value) > high)
         ):
             raise _bad(f"'{name}' must be {self.label}")
-        return tuple(self.item.read(item, f"each of {name}") for item in value)
+        return tuple(self.item.read(item, f"{name}[{i}]") for i, item in enumerate(value))
 
 
 @dataclasses.dataclass(frozen=True)
