@@ -1,56 +1,54 @@
 """The REST API for the backend, under ``/api/v1/``, plus health, readiness and metrics.
 
-Every ``/api/v1`` call but the OpenAPI document needs a service key. Inputs are
-validated by the same protocol code as WebSocket commands, so both speak the
-same rules and the same error messages.
+``ROUTES`` declares every endpoint once; ``routes.py`` turns it into aiohttp routes
+that read and check the inputs the handlers' signatures name, and ``openapi.py`` into
+the document at ``/api/v1/openapi.json``. Every ``/api/v1`` call but the document
+needs a service key. Limits are the WebSocket commands' own (``protocol``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import cache
+from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
 
-from protocol import CommandError, ErrorCode, jsonvalue, parse_command
-from protocol.commands import MAX_LIMIT, History, NotificationsQuery, NotificationsRead, Rejected
-from protocol.commands import Send as SendCommand
-from protocol.outgoing import Embed, Outgoing
+from protocol import CommandError, ErrorCode
+from protocol.commands import DEFAULT_LIMIT, MAX_LIMIT
+from protocol.outgoing import HistoryResult, NotificationsResult, SendResult
 
+from . import http_log
+from . import rest_types as rt
 from .app_keys import NODE
-from .auth import USER_ID
 from .errors import CODE_FOR_STATUS, STATUS, error_response, json_error
 from .metrics import CONTENT_TYPE
 from .node import Node
 from .openapi import openapi_document
+from .rest_types import (
+    DisconnectRequest,
+    HistoryQuery,
+    Limit,
+    NotifyRequest,
+    PublishRequest,
+    ReadRequest,
+    RoomName,
+    Seq,
+    UserId,
+)
+from .routes import InBody, InPath, InQuery, Reply, Route, respond
+from .routes import add_routes as add_route_table
+from .schema import Doc
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_NOTIFY_USERS = 10_000
-MAX_TYPE = 64
-
-
-def _embed(text: str) -> object:
-    return orjson.Fragment(text)
-
-
-_EMBED: Embed = _embed
-
-
-def respond(data: Outgoing | dict[str, Any], status: int = 200) -> web.Response:
-    wire = data if isinstance(data, dict) else data.to_wire(_EMBED)
-    return web.Response(body=orjson.dumps(wire), status=status, content_type="application/json")
-
-
-def _no_content() -> web.Response:
-    return web.Response(status=204)
-
-
-def _bad(message: str) -> CommandError:
-    return CommandError(ErrorCode.BAD_REQUEST, message)
+API = "/api/v1"
+OPENAPI_PATH = f"{API}/openapi.json"
+MAX_REASON = 120
+DEFAULT_REASON = "disconnected by the server"
 
 
 @web.middleware
@@ -59,7 +57,7 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     if not request.path.startswith("/api/"):
         return await handler(request)
     node = request.app[NODE]
-    if request.path != "/api/v1/openapi.json" and not node.auth.is_service_key(
+    if request.path != OPENAPI_PATH and not node.auth.is_service_key(
         request.headers.get("Authorization")
     ):
         return json_error(
@@ -73,255 +71,275 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         if error.status < 400:
             raise
         code = CODE_FOR_STATUS.get(error.status, ErrorCode.BAD_REQUEST)
-        return json_error(error.status, str(code), error.reason)
+        response = json_error(error.status, str(code), error.reason)
+        allow = error.headers.get("Allow")
+        if allow is not None:  # a 405 says what the path takes (RFC 9110)
+            response.headers["Allow"] = allow
+        return response
 
 
-# Input helpers -------------------------------------------------------------------------
+# Handlers: each parameter after the node is an input, read and checked by its type ------
 
 
-async def _json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        if required:
-            raise _bad("a JSON object body is required")
-        return {}
-    try:
-        body = jsonvalue.loads(raw)
-    except ValueError as error:
-        raise _bad(f"body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise _bad("body must be a JSON object")
-    return body
-
-
-def _user(value: str, what: str = "user") -> str:
-    if not USER_ID.fullmatch(value):
-        raise _bad(f"{what} must be a user id matching [A-Za-z0-9_.:-]{{1,128}}, got {value!r:.40}")
-    return value
-
-
-def _query_int(request: web.Request, key: str) -> int | None:
-    text = request.query.get(key)
-    if text is None or text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise _bad(f"'{key}' must be an integer, got {text!r:.40}") from None
-
-
-def _query_bool(request: web.Request, key: str) -> bool:
-    text = request.query.get(key, "").lower()
-    if text in ("", "0", "false", "no"):
-        return False
-    if text in ("1", "true", "yes"):
-        return True
-    raise _bad(f"'{key}' must be true or false")
-
-
-def _command(fields: dict[str, Any]) -> Any:
-    """Validate REST input with the WebSocket command rules."""
-    command = parse_command({"id": 1, **fields})
-    if isinstance(command, Rejected):
-        raise CommandError(command.code, command.message.partition(": ")[2] or command.message)
-    return command
-
-
-# Handlers ------------------------------------------------------------------------------
-
-
-def _node(request: web.Request) -> Node:
-    return request.app[NODE]
-
-
-async def post_message(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    user = body.get("user")
-    if user is not None and (not isinstance(user, str) or not USER_ID.fullmatch(user)):
-        raise _bad("'user' must be a user id or absent")
-    fields = {"op": "send", "room": request.match_info["room"], "client_id": body.get("client_id")}
-    if "body" in body:
-        fields["body"] = body["body"]
-    command: SendCommand = _command(fields)
-    result = await _node(request).messages.publish(
-        command.room, user, command.body_json, command.client_id
-    )
+async def post_message(
+    node: Node, room: InPath[RoomName], body: InBody[PublishRequest]
+) -> SendResult:
     # A retry with the same client_id answers like the first call (with duplicate: true).
-    return respond(result, status=201)
+    return await node.messages.publish(room, body.user, body.body, body.client_id)
 
 
-async def get_messages(request: web.Request) -> web.Response:
-    command: History = _command(
-        {
-            "op": "history",
-            "room": request.match_info["room"],
-            "before": _query_int(request, "before"),
-            "after": _query_int(request, "after"),
-            "limit": _query_int(request, "limit"),
-        }
+async def get_messages(
+    node: Node, room: InPath[RoomName], page: InQuery[HistoryQuery]
+) -> HistoryResult:
+    return await node.messages.history(
+        None, room, before=page.before, after=page.after, limit=min(page.limit, MAX_LIMIT)
     )
-    result = await _node(request).messages.history(
-        None, command.room, before=command.before, after=command.after, limit=command.limit
-    )
-    return respond(result)
 
 
-def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    _node(request).policy.resolve(room)
-    return room
+async def put_member(node: Node, room: InPath[RoomName], user: InPath[UserId]) -> None:
+    node.policy.resolve(room)
+    await node.membership.add_member(room, user)
 
 
-async def put_member(request: web.Request) -> web.Response:
-    await _node(request).membership.add_member(_room(request), _user(request.match_info["user"]))
-    return _no_content()
+async def delete_member(node: Node, room: InPath[RoomName], user: InPath[UserId]) -> None:
+    node.policy.resolve(room)
+    await node.membership.remove_member(room, user)
 
 
-async def delete_member(request: web.Request) -> web.Response:
-    await _node(request).membership.remove_member(_room(request), _user(request.match_info["user"]))
-    return _no_content()
+async def get_members(node: Node, room: InPath[RoomName]) -> dict[str, Any]:
+    node.policy.resolve(room)
+    return {"users": await node.membership.members(room)}
 
 
-async def get_members(request: web.Request) -> web.Response:
-    return respond({"users": await _node(request).membership.members(_room(request))})
+async def get_presence(node: Node, room: InPath[RoomName]) -> dict[str, Any]:
+    return {"users": await node.joins.presence(None, room)}
 
 
-async def get_presence(request: web.Request) -> web.Response:
-    return respond({"users": await _node(request).joins.presence(None, _room(request))})
-
-
-async def put_following(request: web.Request) -> web.Response:
-    user = _user(request.match_info["user"])
-    target = _user(request.match_info["target"], "target")
+async def put_following(node: Node, user: InPath[UserId], target: InPath[UserId]) -> None:
     if user == target:
-        raise _bad("a user cannot follow themselves")
-    await _node(request).membership.follow(user, target)
-    return _no_content()
+        # Forbidden, not invalid: the request is well formed, the rule refuses it.
+        raise CommandError(ErrorCode.FORBIDDEN, "a user cannot follow themselves")
+    await node.membership.follow(user, target)
 
 
-async def delete_following(request: web.Request) -> web.Response:
-    user = _user(request.match_info["user"])
-    await _node(request).membership.unfollow(user, _user(request.match_info["target"], "target"))
-    return _no_content()
+async def delete_following(node: Node, user: InPath[UserId], target: InPath[UserId]) -> None:
+    await node.membership.unfollow(user, target)
 
 
-async def post_notification(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    to = body.get("to")
-    followers_of = body.get("followers_of")
-    if (to is None) == (followers_of is None):
-        raise _bad("give 'to' (a list of user ids) or 'followers_of' (a user id)")
-    if to is not None:
-        if not isinstance(to, list) or not 0 < len(to) <= MAX_NOTIFY_USERS:
-            raise _bad(f"'to' must be a list of 1 to {MAX_NOTIFY_USERS} user ids")
-        for user in to:
-            if not isinstance(user, str):
-                raise _bad("'to' must list user ids (strings)")
-            _user(user, "each of 'to'")
-    elif not isinstance(followers_of, str):
-        raise _bad("'followers_of' must be a user id")
-    else:
-        _user(followers_of, "followers_of")
-    kind = body.get("type")
-    if not isinstance(kind, str) or not 0 < len(kind) <= MAX_TYPE:
-        raise _bad(f"'type' must be a string of 1 to {MAX_TYPE} characters, like 'like'")
-    actor = body.get("actor")
-    if actor is not None and (not isinstance(actor, str) or not USER_ID.fullmatch(actor)):
-        raise _bad("'actor' must be a user id or absent")
-    try:
-        data_json = jsonvalue.dumps(body.get("data"))
-    except ValueError as error:
-        raise _bad(f"'data' must be a JSON value: {error}") from None
-    if len(data_json) > request.app[NODE].settings.namespaces["user"].max_body_bytes:
+async def post_notification(node: Node, body: InBody[NotifyRequest]) -> dict[str, Any]:
+    limit = node.settings.namespaces["user"].max_body_bytes
+    if len(body.data.encode()) > limit:
         raise CommandError(ErrorCode.TOO_LARGE, "'data' is larger than the user namespace allows")
-    recipients = await _node(request).notices.notify(
-        to=to, followers_of=followers_of, type=kind, data_json=data_json, actor=actor
+    recipients = await node.notices.notify(
+        to=body.to,
+        followers_of=body.followers_of,
+        type=body.type,
+        data_json=body.data,
+        actor=body.actor,
     )
-    return respond({"recipients": recipients}, status=202)
+    return {"recipients": recipients}
 
 
-async def get_notifications(request: web.Request) -> web.Response:
-    user = _user(request.match_info["user"])
-    command: NotificationsQuery = _command(
-        {
-            "op": "notifications",
-            "after": _query_int(request, "after"),
-            "limit": _query_int(request, "limit"),
-            "unread": _query_bool(request, "unread"),
-        }
-    )
-    result = await _node(request).notices.list(
-        user, after=command.after, limit=min(command.limit, MAX_LIMIT), unread=command.unread
-    )
-    return respond(result)
+async def get_notifications(
+    node: Node,
+    user: InPath[UserId],
+    after: InQuery[Annotated[Seq | None, Doc("Only ids above this; else the latest.")]] = None,
+    limit: InQuery[Limit] = DEFAULT_LIMIT,
+    unread: InQuery[Annotated[bool, Doc("Only unread ones.")]] = False,
+) -> NotificationsResult:
+    return await node.notices.list(user, after=after, limit=min(limit, MAX_LIMIT), unread=unread)
 
 
-async def post_notifications_read(request: web.Request) -> web.Response:
-    user = _user(request.match_info["user"])
-    body = await _json_body(request)
-    command: NotificationsRead = _command({"op": "notifications.read", **body})
-    count = await _node(request).notices.mark_read(user, ids=command.ids, up_to=command.up_to)
-    return respond({"unread_count": count})
+async def post_notifications_read(
+    node: Node, user: InPath[UserId], body: InBody[ReadRequest]
+) -> dict[str, Any]:
+    count = await node.notices.mark_read(user, ids=body.ids, up_to=body.up_to)
+    return {"unread_count": count}
 
 
-async def post_disconnect(request: web.Request) -> web.Response:
-    user = _user(request.match_info["user"])
-    body = await _json_body(request, required=False)
-    reason = body.get("reason", "disconnected by the server")
-    if not isinstance(reason, str):
-        raise _bad("'reason' must be a string")
-    await _node(request).membership.disconnect_user(user, reason[:120])
-    return _no_content()
+NO_REASON = DisconnectRequest()
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return respond(openapi_document())
+async def post_disconnect(
+    node: Node, user: InPath[UserId], body: InBody[DisconnectRequest] = NO_REASON
+) -> None:
+    reason = DEFAULT_REASON if body.reason is None else body.reason
+    await node.membership.disconnect_user(user, reason[:MAX_REASON])
+
+
+async def get_openapi(node: Node) -> web.Response:
+    return web.Response(body=_document(), content_type="application/json")
+
+
+@cache
+def _document() -> bytes:
+    return orjson.dumps(openapi_document(ROUTES))
 
 
 # Operations ----------------------------------------------------------------------------
 
 
-async def healthz(request: web.Request) -> web.Response:
-    node = _node(request)
-    return respond({"status": "draining" if node.draining else "ok", "instance": node.instance_id})
+async def healthz(node: Node) -> dict[str, Any]:
+    return {"status": "draining" if node.draining else "ok", "instance": node.instance_id}
 
 
-async def readyz(request: web.Request) -> web.Response:
-    node = _node(request)
+async def readyz(node: Node) -> web.Response:
     checks = await node.ready()
     ready = all(state == "ok" for state in checks.values()) and not node.draining
     body: dict[str, Any] = {"ready": ready, "checks": checks}
     return respond(body, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=_node(request).metrics.render())
+async def metrics(node: Node) -> web.Response:
+    response = web.Response(body=node.metrics.render())
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
 
 
+# The table -----------------------------------------------------------------------------
+
+E = ErrorCode
+NO_CONTENT = (Reply(204, "Done."),)
+# Every /api/v1 call may find storage or the broker down; 401 comes with the service key.
+ROOM = (E.BAD_REQUEST, E.NOT_FOUND, E.UNAVAILABLE)
+USER = (E.BAD_REQUEST, E.UNAVAILABLE)
+WITH_BODY = (E.BAD_REQUEST, E.TOO_LARGE, E.UNAVAILABLE)
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        f"{API}/rooms/{{room}}/messages",
+        post_message,
+        "Publish a message to a room (stored when the namespace keeps history).",
+        (Reply(201, "Stored and published.", rt.SendResult),),
+        (*ROOM, E.TOO_LARGE),
+    ),
+    Route(
+        "GET",
+        f"{API}/rooms/{{room}}/messages",
+        get_messages,
+        "Read a room's history, ascending by seq.",
+        (Reply(200, "A page of history.", rt.HistoryPage),),
+        ROOM,
+    ),
+    Route(
+        "PUT",
+        f"{API}/rooms/{{room}}/members/{{user}}",
+        put_member,
+        "Let the user join the room (joined push to their connections).",
+        NO_CONTENT,
+        ROOM,
+    ),
+    Route(
+        "DELETE",
+        f"{API}/rooms/{{room}}/members/{{user}}",
+        delete_member,
+        "Revoke membership; the user's connections leave (left push).",
+        NO_CONTENT,
+        ROOM,
+    ),
+    Route(
+        "GET",
+        f"{API}/rooms/{{room}}/members",
+        get_members,
+        "Members of the room.",
+        (Reply(200, "Members.", rt.Users),),
+        ROOM,
+    ),
+    Route(
+        "GET",
+        f"{API}/rooms/{{room}}/presence",
+        get_presence,
+        "Users present in the room.",
+        (Reply(200, "Present users.", rt.Users),),
+        ROOM,
+    ),
+    Route(
+        "PUT",
+        f"{API}/users/{{user}}/following/{{target}}",
+        put_following,
+        "The user now follows the target (403 when they are the same user).",
+        NO_CONTENT,
+        (E.BAD_REQUEST, E.FORBIDDEN, E.UNAVAILABLE),
+    ),
+    Route(
+        "DELETE",
+        f"{API}/users/{{user}}/following/{{target}}",
+        delete_following,
+        "The user no longer follows the target.",
+        NO_CONTENT,
+        USER,
+    ),
+    Route(
+        "POST",
+        f"{API}/notifications",
+        post_notification,
+        "Store a notification for listed users or for all followers of a user, and push it live.",
+        (Reply(202, "Stored for this many recipients.", rt.Recipients),),
+        WITH_BODY,
+    ),
+    Route(
+        "GET",
+        f"{API}/users/{{user}}/notifications",
+        get_notifications,
+        "The user's notifications, ascending by id.",
+        (Reply(200, "Notifications.", rt.NotificationPage),),
+        USER,
+    ),
+    Route(
+        "POST",
+        f"{API}/users/{{user}}/notifications/read",
+        post_notifications_read,
+        "Mark notifications read, by ids or up to an id.",
+        (Reply(200, "The unread count after marking.", rt.UnreadCount),),
+        WITH_BODY,
+    ),
+    Route(
+        "POST",
+        f"{API}/users/{{user}}/disconnect",
+        post_disconnect,
+        "Close every connection of the user on every instance (close 4004).",
+        NO_CONTENT,
+        WITH_BODY,
+    ),
+    Route(
+        "GET",
+        OPENAPI_PATH,
+        get_openapi,
+        "This document.",
+        (Reply(200, "OpenAPI 3.1 JSON.", rt.OpenApiDocument),),
+        service_key=False,
+    ),
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "200 while the process serves.",
+        (Reply(200, "Serving.", rt.Health),),
+        service_key=False,
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "200 when storage and broker answer, else 503.",
+        (Reply(200, "Ready.", rt.Readiness), Reply(503, "Not ready.", rt.Readiness)),
+        service_key=False,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (text format).",
+        (Reply(200, "Prometheus text.", media="text/plain"),),
+        service_key=False,
+    ),
+)
+
+
 def add_routes(app: web.Application) -> None:
-    api = "/api/v1"
-    app.router.add_routes(
-        [
-            web.post(f"{api}/rooms/{{room}}/messages", post_message),
-            web.get(f"{api}/rooms/{{room}}/messages", get_messages),
-            web.put(f"{api}/rooms/{{room}}/members/{{user}}", put_member),
-            web.delete(f"{api}/rooms/{{room}}/members/{{user}}", delete_member),
-            web.get(f"{api}/rooms/{{room}}/members", get_members),
-            web.get(f"{api}/rooms/{{room}}/presence", get_presence),
-            web.put(f"{api}/users/{{user}}/following/{{target}}", put_following),
-            web.delete(f"{api}/users/{{user}}/following/{{target}}", delete_following),
-            web.post(f"{api}/notifications", post_notification),
-            web.get(f"{api}/users/{{user}}/notifications", get_notifications),
-            web.post(f"{api}/users/{{user}}/notifications/read", post_notifications_read),
-            web.post(f"{api}/users/{{user}}/disconnect", post_disconnect),
-            web.get(f"{api}/openapi.json", openapi),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics),
-        ]
-    )
+    add_route_table(app, ROUTES)
+    http_log.install()
 
 
-__all__ = ["STATUS", "add_routes", "api_errors"]
+__all__ = ["ROUTES", "STATUS", "add_routes", "api_errors"]

@@ -1,0 +1,186 @@
+"""What the REST API takes and answers, as types: the OpenAPI schemas and the
+checks on each request are derived from these (``realtime/schema.py``).
+
+Limits come from where they are enforced (``protocol`` and the auth module): none is
+written down twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal, NotRequired, TypedDict
+
+from protocol import ErrorCode
+from protocol.commands import (
+    DEFAULT_LIMIT,
+    MAX_CLIENT_ID,
+    MAX_ID,
+    MAX_LIMIT,
+    MAX_READ_IDS,
+    MAX_SEQ,
+)
+from protocol.rooms import MAX_ROOM_LENGTH, ROOM_PATTERN
+
+from .auth import USER_ID
+from .schema import Doc, Example, Items, JsonText, Length, OneOf, Pattern, Range
+
+MAX_NOTIFY_USERS = 10_000
+"""Recipients one ``POST /notifications`` may list in ``to``."""
+MAX_TYPE = 64
+"""Characters of a notification's ``type``."""
+
+# Values --------------------------------------------------------------------------------
+
+UserId = Annotated[str, Pattern(USER_ID.pattern, "a user id"), Example("alice")]
+RoomName = Annotated[
+    str,
+    Pattern(ROOM_PATTERN, "a room name namespace:key like swap:123"),
+    Length(1, MAX_ROOM_LENGTH),
+    Doc("Room name, namespace:key (e.g. swap:123)."),
+    Example("swap:123"),
+]
+Seq = Annotated[int, Range(0, MAX_SEQ)]
+NotificationId = Annotated[int, Range(1, MAX_ID)]
+Limit = Annotated[
+    int, Range(1, MAX_ID), Doc(f"At most this many (larger values are capped at {MAX_LIMIT}).")
+]
+Ms = Annotated[int, Doc("Milliseconds since the Unix epoch.")]
+
+
+# Requests ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """A message to publish."""
+
+    body: JsonText
+    user: Annotated[UserId | None, Doc("Sender; the push's user is null without it.")] = None
+    client_id: Annotated[
+        str | None,
+        Length(1, MAX_CLIENT_ID),
+        Doc("Idempotency key: a retry with the same user and key is stored once."),
+    ] = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """A page of history: the latest messages, or those just before or after a seq."""
+
+    before: Annotated[
+        Annotated[int, Range(1, MAX_SEQ)] | None, Doc("Messages just before this seq.")
+    ] = None
+    after: Annotated[Seq | None, Doc("Messages just after this seq.")] = None
+    limit: Limit = DEFAULT_LIMIT
+
+    rules: ClassVar[tuple[OneOf, ...]] = (OneOf(("before", "after"), exactly=False),)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRequest:
+    """A notification for the listed users, or for every follower of one user."""
+
+    type: Annotated[str, Length(1, MAX_TYPE), Doc("like, comment, follow, mention, ...")]
+    to: Annotated[tuple[UserId, ...] | None, Items(1, MAX_NOTIFY_USERS), Doc("The recipients.")] = (
+        None
+    )
+    followers_of: Annotated[UserId | None, Doc("Every follower of this user.")] = None
+    data: JsonText = "null"
+    actor: Annotated[UserId | None, Doc("Who caused it.")] = None
+
+    rules: ClassVar[tuple[OneOf, ...]] = (OneOf(("to", "followers_of")),)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """Mark notifications read: the listed ones, or every one up to an id."""
+
+    ids: Annotated[tuple[NotificationId, ...] | None, Items(1, MAX_READ_IDS)] = None
+    up_to: Annotated[Seq | None, Doc("Every notification with an id up to this one.")] = None
+
+    rules: ClassVar[tuple[OneOf, ...]] = (OneOf(("ids", "up_to")),)
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectRequest:
+    """Why the user is disconnected (shown in the close frame)."""
+
+    reason: Annotated[str | None, Doc("Cut to 120 characters.")] = None
+
+
+# Responses -----------------------------------------------------------------------------
+
+
+class SendResult(TypedDict):
+    room: str
+    seq: Annotated[int | None, Doc("Null where the namespace keeps no history.")]
+    ts: Ms
+    duplicate: NotRequired[Annotated[bool, Doc("A retry of a stored message (same client_id).")]]
+
+
+class Message(TypedDict):
+    room: str
+    seq: int
+    user: str | None
+    body: JsonText
+    ts: Ms
+    client_id: NotRequired[str]
+
+
+class HistoryPage(TypedDict):
+    messages: list[Message]
+    more: Annotated[bool, Doc("More messages lie beyond this page.")]
+    epoch: str
+
+
+class Users(TypedDict):
+    users: list[str]
+
+
+class Recipients(TypedDict):
+    recipients: Annotated[int, Doc("How many users it was stored for.")]
+
+
+class Notification(TypedDict):
+    id: int
+    type: str
+    data: JsonText
+    actor: str | None
+    ts: Ms
+    read: bool
+
+
+class NotificationPage(TypedDict):
+    items: list[Notification]
+    unread_count: int
+
+
+class UnreadCount(TypedDict):
+    unread_count: int
+
+
+class Health(TypedDict):
+    status: Literal["ok", "draining"]
+    instance: str
+
+
+class Readiness(TypedDict):
+    ready: bool
+    checks: Annotated[dict[str, str], Doc("Each dependency: ok, or what is wrong.")]
+
+
+class ErrorDetail(TypedDict):
+    code: ErrorCode
+    message: str
+
+
+class Error(TypedDict):
+    """Every error answer: {"error": {"code", "message"}}."""
+
+    error: ErrorDetail
+
+
+class OpenApiDocument(TypedDict):
+    """An OpenAPI 3.1 document (this one)."""
+
+    openapi: str

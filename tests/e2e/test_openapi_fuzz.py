@@ -1,0 +1,90 @@
+"""A fuzzer against a real server finds no disagreement with the OpenAPI document.
+
+schemathesis reads ``/api/v1/openapi.json`` from a server process and runs every
+check it has (server errors, undocumented statuses, schema-valid requests refused,
+invalid ones accepted, answers off their schema, 405 without ``Allow``, auth ignored,
+...) over its phases (examples, coverage of each schema's edges, fuzzing, stateful),
+with the service key. The run is bounded: few examples per operation, a fixed seed so
+that a run is repeatable, one worker. The server's log must show no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers_auth import running, server_process
+from tests.server import SERVICE_KEY, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+MAX_EXAMPLES = 20
+SEED = 20261202
+TIMEOUT = 600  # an outer bound: the run takes about 20 s
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = server_process(tmp_path_factory, "fuzz")
+    with running(process):
+        yield process
+
+
+def schemathesis(server: ServerProcess, workdir: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{server.url}/api/v1/openapi.json",
+        "--url",
+        server.url,
+        "--header",
+        f"Authorization: Bearer {SERVICE_KEY}",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        # One worker: hypothesis parses source with ast in each worker thread, and
+        # CPython 3.11's ast is not thread-safe ("AST constructor recursion depth
+        # mismatch").
+        "--workers",
+        "1",
+        # The one health check that depends on the machine's speed, not the schema.
+        "--suppress-health-check",
+        "too_slow",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "30",
+        "--no-color",
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
+    # Its own directory: no configuration file is picked up, and nothing is left behind.
+    return subprocess.run(
+        command,
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def test_schemathesis_with_every_check_finds_nothing(server: ServerProcess, tmp_path: Path) -> None:
+    before = len(server.log())
+    result = schemathesis(server, tmp_path)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-20_000:]
+    assert "No issues found" in report, report[-20_000:]
+    logged = server.log()[before:]
+    assert "Traceback" not in logged, logged[-20_000:]
+    assert " ERROR " not in logged, logged[-20_000:]
