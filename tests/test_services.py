@@ -259,6 +259,8 @@ async def test_nginx_skips_a_dead_backend_and_takes_it_back(make_nginx: MakeNgin
     dead = free_port()  # nothing listens there: connects are refused, like a killed instance
     async with http_backend("live") as live:
         nginx = make_nginx([dead, live.port])
+        # Out for 2 s after a failure, not nginx's default 10 s.
+        assert "max_fails=1 fail_timeout=2s;" in nginx._template.read_text()
         assert await backends_serving(nginx, 10) == ["live"] * 10
         # max_fails=1: after one refused connect the dead backend is out of the
         # rotation (for all workers), instead of costing every other request.
@@ -270,8 +272,9 @@ async def test_nginx_skips_a_dead_backend_and_takes_it_back(make_nginx: MakeNgin
         async with http_backend("back", port=dead):
             started = time.monotonic()
             while "back" not in await backends_serving(nginx, 2):
-                # Well short of nginx's default 10 s, with room for a busy machine.
-                assert time.monotonic() - started < 8, "the instance stayed out too long"
+                # How soon is the config's business (fail_timeout, checked below);
+                # this only bounds the wait on a busy machine.
+                assert time.monotonic() - started < 60, "the instance stayed out"
                 await asyncio.sleep(0.1)
 
     async with ws_backend("live") as live_ws:
