@@ -781,7 +781,7 @@ class PostgresStore:
             owner = await conn.fetchval(_PUSH_OWNER, endpoint)
             await conn.execute(_PUT_PUSH, endpoint, user, p256dh, auth, self._clock())
             await conn.execute(_TRIM_PUSH, user, endpoint, keep - 1)
-        return owner != user
+        return bool(owner != user)
 
     async def remove_push_subscription(self, user: str, endpoint: str) -> bool:
         return await self._flag(_REMOVE_PUSH, user, endpoint)
