@@ -253,9 +253,11 @@ class WebPushSettings:
         return bool(self.vapid_private_key_file)
 
     def check(self) -> None:
-        if self.enabled and not re.fullmatch(r"mailto:\S+@\S+|https://\S+", self.vapid_subject):
+        # What py_vapid signs: a mailto: address, or an https:// origin without a path.
+        subject = r"mailto:[^@\s]+@[\w.-]+|https://[\w-]+(\.[\w-]+)+"
+        if self.enabled and not re.fullmatch(subject, self.vapid_subject):
             raise ConfigError(
-                "webpush.vapid_subject must be a mailto: address or an https:// URL "
+                "webpush.vapid_subject must be a mailto: address or an https:// origin "
                 f"(push services contact the sender there), got {self.vapid_subject!r}"
             )
         _at_least("webpush.ttl", self.ttl, 0)
