@@ -34,7 +34,8 @@ from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
 from .listener import Doorway, FirstRequest
 from .logs import configure as configure_logging
-from .outbound.vapid import generate_key_file
+from .outbound.templates import TemplateError
+from .outbound.vapid import VapidKeyError, generate_key_file
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except CannotListen as error:
         print(f"realtime: {error}", file=sys.stderr)
         return 1
+    except (VapidKeyError, TemplateError) as error:
+        # A file a setting names, read at start-up: as plain as any other bad setting.
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

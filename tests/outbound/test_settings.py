@@ -136,3 +136,20 @@ def test_a_key_of_another_kind_is_refused(tmp_path: Path) -> None:
     path.write_bytes(other)
     with pytest.raises(VapidKeyError, match="not a P-256"):
         load_vapid_key(str(path))
+
+
+def test_serve_with_a_missing_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        env=cli_env(
+            REALTIME_AUTH_SECRET="s" * 32,
+            REALTIME_SERVER_PORT="0",
+            REALTIME_STORAGE_DSN=f"sqlite:///{tmp_path / 'r.db'}",
+            REALTIME_WEBPUSH_VAPID_PRIVATE_KEY_FILE=str(tmp_path / "missing.pem"),
+            REALTIME_WEBPUSH_VAPID_SUBJECT="mailto:ops@example.com",
+        ),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: webpush.vapid_private_key_file" in result.stderr
+    assert "missing.pem" in result.stderr and "Traceback" not in result.stderr
