@@ -134,18 +134,14 @@ class Templates:
     """Every template, read and checked once (at start-up: it reads files)."""
 
     def __init__(self, templates_dir: str = "") -> None:
-        found: dict[str, string.Template] = {}
-        for name, text in _shipped():
-            found[name] = _check(name, text)
-        shipped = dict(found)
+        self._shipped = {name: _check(name, text) for name, text in _shipped()}
+        for ext in EXTENSIONS:
+            if f"default.{ext}" not in self._shipped:
+                raise TemplateError(f"the shipped default.{ext} template is missing")
+        self._own: dict[str, string.Template] = {}
         if templates_dir:
             for name, text in _from_directory(Path(templates_dir)):
-                found[name] = _check(f"{templates_dir}/{name}", text)
-        self._own = {name: t for name, t in found.items() if shipped.get(name) is not t}
-        self._shipped = shipped
-        for ext in EXTENSIONS:
-            if f"default.{ext}" not in shipped:
-                raise TemplateError(f"the shipped default.{ext} template is missing")
+                self._own[name] = _check(f"{templates_dir}/{name}", text)
 
     def _template(self, type: str, ext: str) -> string.Template:
         for table in (self._own, self._shipped):
