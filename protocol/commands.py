@@ -8,12 +8,14 @@ command dataclass. A message that is not a command at all (not a map, no usable
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final, get_args
 
 from . import jsonvalue
 from .errors import CommandError, ErrorCode, FrameError, bad_request
+from .push import AUTH_PATTERN, ENDPOINT_PATTERN, MAX_ENDPOINT, P256DH_PATTERN
 from .rooms import is_room_name, parse_room
 
 MAX_ID = 2**63 - 1
@@ -220,6 +222,49 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class PushSubscribe:
+    """Register a Web Push subscription of this browser for the connection's user."""
+
+    op: ClassVar[str] = "push.subscribe"
+    id: int | None
+    endpoint: str
+    p256dh: str
+    auth: str
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> PushSubscribe:
+        value = args.raw("subscription")
+        if not isinstance(value, dict) or not isinstance(value.get("keys"), dict):
+            raise args.error("'subscription' must be {endpoint, keys: {p256dh, auth}}")
+        subscription = _Args(cls.op, value)
+        keys = _Args(cls.op, value["keys"])
+        return cls(
+            command_id,
+            subscription.matching("endpoint", _ENDPOINT, "an http(s) URL", MAX_ENDPOINT),
+            keys.matching("p256dh", _P256DH, "a base64url P-256 public key"),
+            keys.matching("auth", _AUTH, "a base64url 16-byte secret"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PushUnsubscribe:
+    """Remove a Web Push subscription of the connection's user."""
+
+    op: ClassVar[str] = "push.unsubscribe"
+    id: int | None
+    endpoint: str
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> PushUnsubscribe:
+        return cls(command_id, args.matching("endpoint", _ENDPOINT, "an http(s) URL", MAX_ENDPOINT))
+
+
+_ENDPOINT = re.compile(ENDPOINT_PATTERN)
+_P256DH = re.compile(P256DH_PATTERN)
+_AUTH = re.compile(AUTH_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A command that failed validation: answer ``code`` and ``message`` if it has an id."""
 
@@ -242,6 +287,8 @@ Command = (
     | NotificationsRead
     | Refresh
     | Ping
+    | PushSubscribe
+    | PushUnsubscribe
 )
 
 COMMAND_TYPES: Final[tuple[type[Command], ...]] = get_args(Command)
@@ -332,6 +379,15 @@ class _Args:
             raise self.error(
                 f"'{key}' must be a non-empty string of at most {max_length} characters"
             )
+        return value
+
+    def matching(
+        self, key: str, pattern: re.Pattern[str], label: str, max_length: int = 256
+    ) -> str:
+        """A required string that ``pattern`` matches whole."""
+        value = self._data.get(key)
+        if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
+            raise self.error(f"'{key}' must be {label}")
         return value
 
     def boolean(self, key: str, *, default: bool | None = None) -> bool:

@@ -1,8 +1,9 @@
-"""Command line: ``serve``, ``token`` and ``migrate``.
+"""Command line: ``serve``, ``token``, ``migrate`` and ``vapid``.
 
 realtime serve --config config.toml       (or: python -m realtime serve ...)
 realtime token alice [--room swap:1] [--ttl 3600]
 realtime migrate
+realtime vapid --out vapid.pem [--force]
 realtime --version
 """
 
@@ -33,6 +34,8 @@ from .auth import USER_ID, Authenticator
 from .config import ConfigError, Settings, load_settings
 from .listener import Doorway, FirstRequest
 from .logs import configure as configure_logging
+from .outbound.templates import TemplateError
+from .outbound.vapid import VapidKeyError, generate_key_file
 from .ws import websocket_protocol
 
 log = logging.getLogger("realtime")
@@ -76,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             "--config",
             help=f"settings file (default: {DEFAULT_CONFIG} when it exists)",
         )
+    vapid = commands.add_parser(
+        "vapid", help="make a VAPID key pair file for Web Push; print its public key"
+    )
+    vapid.add_argument("--out", required=True, help="the PEM file to write (mode 0600)")
+    vapid.add_argument("--force", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
+    if args.command == "vapid":
+        return _vapid(Path(args.out), force=args.force)
     try:
         settings = _settings(args.config, auth=args.command != "migrate")
     except ConfigError as error:
@@ -97,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     except CannotListen as error:
         print(f"realtime: {error}", file=sys.stderr)
         return 1
+    except (VapidKeyError, TemplateError) as error:
+        # A file a setting names, read at start-up: as plain as any other bad setting.
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _vapid(path: Path, *, force: bool) -> int:
+    try:
+        public_key = generate_key_file(path, force=force)
+    except FileExistsError:
+        print(f"{path} exists; --force replaces it", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"cannot write {path}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}; set webpush.vapid_private_key_file to it", file=sys.stderr)
+    print(public_key)  # stdout: the applicationServerKey, for scripts
     return 0
 
 

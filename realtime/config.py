@@ -232,6 +232,84 @@ class DemoSettings:
             raise ConfigError(f"demo.room: namespace {namespace!r} must join 'members' or 'anyone'")
 
 
+# Offline delivery channels (realtime/outbound/): each transport is off until its
+# first setting is given.
+
+Urgency = Literal["very-low", "low", "normal", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebPushSettings:
+    vapid_private_key_file: str = ""
+    vapid_subject: str = ""
+    ttl: int = 86400
+    urgency: Urgency = "normal"
+    timeout: float = 10.0
+    max_subscriptions: int = 10
+    allow_http_endpoints: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.vapid_private_key_file)
+
+    def check(self) -> None:
+        # What py_vapid signs: a mailto: address, or an https:// origin without a path.
+        subject = r"mailto:[^@\s]+@[\w.-]+|https://[\w-]+(\.[\w-]+)+"
+        if self.enabled and not re.fullmatch(subject, self.vapid_subject):
+            raise ConfigError(
+                "webpush.vapid_subject must be a mailto: address or an https:// origin "
+                f"(push services contact the sender there), got {self.vapid_subject!r}"
+            )
+        _at_least("webpush.ttl", self.ttl, 0)
+        _at_least("webpush.timeout", self.timeout, 0.1)
+        _at_least("webpush.max_subscriptions", self.max_subscriptions, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSettings:
+    smtp_host: str = ""
+    smtp_port: int = 587
+    username: str = ""
+    password: str = ""
+    starttls: bool = True
+    sender: str = ""
+    timeout: float = 10.0
+    templates_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+    def check(self) -> None:
+        if self.enabled and not re.fullmatch(r"(.*<)?[^@<>\s]+@[^@<>\s]+>?", self.sender):
+            raise ConfigError(
+                f"email.sender must be an address (or 'Name <address>'), got {self.sender!r}"
+            )
+        if not 0 < self.smtp_port < 65536:
+            raise ConfigError(f"email.smtp_port must be a port number, got {self.smtp_port}")
+        if bool(self.username) != bool(self.password):
+            raise ConfigError("email.username and email.password go together")
+        _at_least("email.timeout", self.timeout, 0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    url: str = ""
+    secret: str = ""
+    timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def check(self) -> None:
+        if self.url and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ConfigError(f"webhook.url must be http://… or https://…, got {self.url!r}")
+        if self.url and len(self.secret.encode()) < 32:
+            raise ConfigError("webhook.secret (at least 32 bytes) is required with webhook.url")
+        _at_least("webhook.timeout", self.timeout, 0.1)
+
+
 def default_namespaces() -> dict[str, NamespaceSettings]:
     return {
         "swap": NamespaceSettings(join="members", send="members", presence=True, typing=True),
@@ -250,6 +328,9 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     namespaces: dict[str, NamespaceSettings] = field(default_factory=default_namespaces)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    webpush: WebPushSettings = field(default_factory=WebPushSettings)
+    email: EmailSettings = field(default_factory=EmailSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     def check(self, *, auth: bool = True) -> None:
         self.server.check()
@@ -268,6 +349,9 @@ class Settings:
         if self.namespaces["user"].join != "owner":
             raise ConfigError("namespaces.user.join must be 'owner'")
         self.demo.check(self.namespaces)
+        self.webpush.check()
+        self.email.check()
+        self.webhook.check()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -278,6 +362,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "presence": PresenceSettings,
     "delivery": DeliverySettings,
     "demo": DemoSettings,
+    "webpush": WebPushSettings,
+    "email": EmailSettings,
+    "webhook": WebhookSettings,
 }
 
 

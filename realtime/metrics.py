@@ -150,6 +150,27 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._observe_delivery = self.delivery_seconds.observe
 
+        # Offline delivery (realtime/outbound): one count per job a sender tried.
+        self.outbound_sends = Counter(
+            "realtime_outbound_sends",
+            "Delivery jobs the offline senders tried, by transport and outcome "
+            "(delivered, retry, gone, failed).",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.outbound_seconds = Histogram(
+            "realtime_outbound_send_seconds",
+            "Time a sender took for one delivery job, by transport.",
+            ["transport"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.webpush_subscriptions_removed = Counter(
+            "realtime_webpush_subscriptions_removed",
+            "Web Push subscriptions removed: the push service answered 404 or 410.",
+            registry=r,
+        )
+
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         timing = self._requests.get((route, method, status))
         if timing is None:
@@ -173,6 +194,11 @@ class Metrics:
             if timing is None:
                 timing = self._timings[op] = self.command_seconds.labels(op)
             timing.observe(seconds)
+
+    def outbound_done(self, transport: str, outcome: str, seconds: float) -> None:
+        """Count one job a sender tried, and time it."""
+        self.outbound_sends.labels(transport, outcome).inc()
+        self.outbound_seconds.labels(transport).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

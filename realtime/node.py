@@ -11,6 +11,7 @@ its own, and callers use the service for the job:
 - ``typing``: typing state and its expiry (``typing_state.py``)
 - ``membership``: REST membership, the follow graph, disconnects (``membership.py``)
 - ``notices``: notifications (``notices.py``)
+- ``push``: Web Push subscriptions (``push_subscriptions.py``)
 
 Errors reach callers as ``CommandError`` with a protocol error code; the
 WebSocket and REST layers only translate them. Events from the broker come in
@@ -52,6 +53,7 @@ from .pacing import HandshakeLimiter, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
+from .push_subscriptions import PushSubscriptions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
@@ -99,6 +101,7 @@ class Node:
             store, stored, self.policy, publisher, self.hub, self.joins, self.tasks
         )
         self.notices = Notices(store, stored, publisher, self.metrics)
+        self.push = PushSubscriptions(settings.webpush, store, stored)
         self._publisher = publisher
         self._loops = TaskSet()
 

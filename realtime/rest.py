@@ -29,10 +29,12 @@ from .node import Node
 from .openapi import openapi_document
 from .rest_types import (
     DisconnectRequest,
+    Endpoint,
     HistoryQuery,
     Limit,
     NotifyRequest,
     PublishRequest,
+    PushSubscriptionRequest,
     ReadRequest,
     RoomName,
     Seq,
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API = "/api/v1"
 OPENAPI_PATH = f"{API}/openapi.json"
+VAPID_KEY_PATH = f"{API}/push/vapid-public-key"
+# Under /api/v1 but public: what a browser page may read without a service key.
+PUBLIC_PATHS = frozenset({OPENAPI_PATH, VAPID_KEY_PATH})
 MAX_REASON = 120
 DEFAULT_REASON = "disconnected by the server"
 
@@ -57,7 +62,7 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     if not request.path.startswith("/api/"):
         return await handler(request)
     node = request.app[NODE]
-    if request.path != OPENAPI_PATH and not node.auth.is_service_key(
+    if request.path not in PUBLIC_PATHS and not node.auth.is_service_key(
         request.headers.get("Authorization")
     ):
         return json_error(
@@ -155,6 +160,36 @@ async def post_notifications_read(
 ) -> dict[str, Any]:
     count = await node.notices.mark_read(user, ids=body.ids, up_to=body.up_to)
     return {"unread_count": count}
+
+
+async def put_push_subscription(
+    node: Node, user: InPath[UserId], body: InBody[PushSubscriptionRequest]
+) -> None:
+    await node.push.subscribe(user, body.endpoint, body.keys.p256dh, body.keys.auth)
+
+
+async def delete_push_subscription(
+    node: Node, user: InPath[UserId], endpoint: InQuery[Endpoint]
+) -> None:
+    await node.push.unsubscribe(user, endpoint)
+
+
+async def get_push_subscriptions(node: Node, user: InPath[UserId]) -> dict[str, Any]:
+    subscriptions = await node.push.list(user)
+    return {
+        "subscriptions": [
+            {
+                "endpoint": s.endpoint,
+                "keys": {"p256dh": s.p256dh, "auth": s.auth},
+                "created_at": s.created_at,
+            }
+            for s in subscriptions
+        ]
+    }
+
+
+async def get_vapid_public_key(node: Node) -> dict[str, Any]:
+    return {"public_key": node.push.public_key}
 
 
 NO_REASON = DisconnectRequest()
@@ -293,6 +328,40 @@ ROUTES: tuple[Route, ...] = (
         "Mark notifications read, by ids or up to an id.",
         (Reply(200, "The unread count after marking.", rt.UnreadCount),),
         WITH_BODY,
+    ),
+    Route(
+        "PUT",
+        f"{API}/users/{{user}}/push-subscriptions",
+        put_push_subscription,
+        "Register a browser's Web Push subscription for the user (again: new keys, "
+        "newest; 403 for http:// where not allowed).",
+        NO_CONTENT,
+        (*WITH_BODY, E.FORBIDDEN),
+    ),
+    Route(
+        "DELETE",
+        f"{API}/users/{{user}}/push-subscriptions",
+        delete_push_subscription,
+        "Remove the user's Web Push subscription at this endpoint.",
+        NO_CONTENT,
+        USER,
+    ),
+    Route(
+        "GET",
+        f"{API}/users/{{user}}/push-subscriptions",
+        get_push_subscriptions,
+        "The user's Web Push subscriptions.",
+        (Reply(200, "Subscriptions.", rt.PushSubscriptions),),
+        USER,
+    ),
+    Route(
+        "GET",
+        VAPID_KEY_PATH,
+        get_vapid_public_key,
+        "The VAPID public key pages subscribe with (404 while Web Push is off).",
+        (Reply(200, "The key.", rt.VapidPublicKey),),
+        (E.NOT_FOUND,),
+        service_key=False,
     ),
     Route(
         "POST",

@@ -19,6 +19,7 @@ from protocol.commands import (
     MAX_READ_IDS,
     MAX_SEQ,
 )
+from protocol.push import AUTH_PATTERN, ENDPOINT_PATTERN, MAX_ENDPOINT, P256DH_PATTERN
 from protocol.rooms import MAX_ROOM_LENGTH, ROOM_PATTERN
 
 from .auth import USER_ID
@@ -45,6 +46,14 @@ Limit = Annotated[
     int, Range(1, MAX_ID), Doc(f"At most this many (larger values are capped at {MAX_LIMIT}).")
 ]
 Ms = Annotated[int, Doc("Milliseconds since the Unix epoch.")]
+
+Endpoint = Annotated[
+    str,
+    Pattern(ENDPOINT_PATTERN, "a push service URL"),
+    Length(1, MAX_ENDPOINT),
+    Doc("The subscription's push service URL (https://; http:// only where allowed)."),
+    Example("https://push.example.net/send/abc123"),
+]
 
 
 # Requests ------------------------------------------------------------------------------
@@ -106,6 +115,28 @@ class DisconnectRequest:
     """Why the user is disconnected (shown in the close frame)."""
 
     reason: Annotated[str | None, Doc("Cut to 120 characters.")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushKeys:
+    p256dh: Annotated[
+        str,
+        Pattern(P256DH_PATTERN, "a base64url P-256 public key"),
+        Doc("The browser's P-256 public key, base64url (65 bytes)."),
+    ]
+    auth: Annotated[
+        str,
+        Pattern(AUTH_PATTERN, "a base64url 16-byte secret"),
+        Doc("The browser's auth secret, base64url (16 bytes)."),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PushSubscriptionRequest:
+    """A browser's PushSubscription, as its toJSON() gives it (other fields are ignored)."""
+
+    endpoint: Endpoint
+    keys: PushKeys
 
 
 # Responses -----------------------------------------------------------------------------
@@ -184,3 +215,24 @@ class OpenApiDocument(TypedDict):
     """An OpenAPI 3.1 document (this one)."""
 
     openapi: str
+
+
+class PushKeysInfo(TypedDict):
+    p256dh: str
+    auth: str
+
+
+class PushSubscriptionInfo(TypedDict):
+    endpoint: str
+    keys: PushKeysInfo
+    created_at: Annotated[Ms, Doc("When it was last registered.")]
+
+
+class PushSubscriptions(TypedDict):
+    subscriptions: Annotated[list[PushSubscriptionInfo], Doc("The most recently registered first.")]
+
+
+class VapidPublicKey(TypedDict):
+    public_key: Annotated[
+        str, Doc("The VAPID public key, base64url: PushManager.subscribe's applicationServerKey.")
+    ]

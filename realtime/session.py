@@ -23,6 +23,8 @@ from protocol.commands import (
     NotificationsRead,
     Ping,
     PresenceQuery,
+    PushSubscribe,
+    PushUnsubscribe,
     Read,
     Refresh,
     Rejected,
@@ -258,6 +260,12 @@ class Session:
                 return UnreadResult(count)
             case Refresh(token=token):
                 return self._refresh(token)
+            case PushSubscribe(endpoint=endpoint, p256dh=p256dh, auth=auth):
+                await node.push.subscribe(conn.user, endpoint, p256dh, auth)
+                return Empty()
+            case PushUnsubscribe(endpoint=endpoint):
+                await node.push.unsubscribe(conn.user, endpoint)
+                return Empty()
             case Ping():
                 return Empty()
 

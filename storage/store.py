@@ -96,6 +96,18 @@ class NotificationPage:
     unread_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A browser's Web Push subscription: where to POST, and the keys to encrypt with."""
+
+    endpoint: str
+    user: str
+    p256dh: str
+    auth: str
+    created_at: int
+    """When it was last registered (ms)."""
+
+
 class Store(Protocol):
     """Durable state of the cluster. See the module docstring for the guarantees."""
 
@@ -216,3 +228,22 @@ class Store(Protocol):
         Only the user's own notifications change. Not both; with neither, nothing
         changes and the count is returned.
         """
+
+    # Web Push subscriptions -----------------------------------------------------------
+
+    async def add_push_subscription(
+        self, user: str, endpoint: str, p256dh: str, auth: str, *, keep: int
+    ) -> bool:
+        """Register ``endpoint`` for ``user`` with these keys; True when it is new to them.
+
+        An endpoint belongs to one user: registering it again replaces its keys and
+        moves it to ``user`` (a browser signed in as someone else now). The user then
+        keeps their ``keep`` most recently registered subscriptions, this one among
+        them; older ones are deleted in the same transaction.
+        """
+
+    async def remove_push_subscription(self, user: str, endpoint: str) -> bool:
+        """Delete the user's subscription at ``endpoint``; True when there was one."""
+
+    async def push_subscriptions(self, user: str) -> list[PushSubscription]:
+        """The user's subscriptions, the most recently registered first."""

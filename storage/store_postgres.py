@@ -55,6 +55,7 @@ from storage.store import (
     NewMessage,
     Notification,
     NotificationPage,
+    PushSubscription,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -237,6 +238,28 @@ WITH marked AS (
 )
 SELECT count(*) - (SELECT count(*) FROM marked)
 FROM notifications WHERE user_id = $1 AND NOT read
+"""
+
+_PUSH_COLUMNS = "endpoint, user_id, p256dh, auth, created_at"
+# The row is locked first (FOR UPDATE), so a concurrent registration of the same
+# endpoint waits: the owner read here is the one the upsert replaces.
+_PUSH_OWNER = "SELECT user_id FROM push_subscriptions WHERE endpoint = $1 FOR UPDATE"
+_PUT_PUSH = f"""
+INSERT INTO push_subscriptions ({_PUSH_COLUMNS}) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id,
+    p256dh = excluded.p256dh, auth = excluded.auth, created_at = excluded.created_at
+"""
+# The new one stays; of the others, the newest keep - 1 do.
+_TRIM_PUSH = """
+DELETE FROM push_subscriptions WHERE user_id = $1 AND endpoint <> $2 AND endpoint NOT IN (
+    SELECT endpoint FROM push_subscriptions WHERE user_id = $1 AND endpoint <> $2
+    ORDER BY created_at DESC, endpoint DESC LIMIT $3
+)
+"""
+_REMOVE_PUSH = "DELETE FROM push_subscriptions WHERE user_id = $1 AND endpoint = $2 RETURNING true"
+_PUSH_OF_USER = f"""
+SELECT {_PUSH_COLUMNS} FROM push_subscriptions WHERE user_id = $1
+ORDER BY created_at DESC, endpoint DESC
 """
 
 
@@ -746,3 +769,24 @@ class PostgresStore:
             else:
                 unread = await conn.fetchval(_UNREAD_COUNT, user)
         return unread
+
+    # Web Push subscriptions -----------------------------------------------------------
+
+    async def add_push_subscription(
+        self, user: str, endpoint: str, p256dh: str, auth: str, *, keep: int
+    ) -> bool:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        async with self._connection() as conn, self._transaction(conn):
+            owner = await conn.fetchval(_PUSH_OWNER, endpoint)
+            await conn.execute(_PUT_PUSH, endpoint, user, p256dh, auth, self._clock())
+            await conn.execute(_TRIM_PUSH, user, endpoint, keep - 1)
+        return bool(owner != user)
+
+    async def remove_push_subscription(self, user: str, endpoint: str) -> bool:
+        return await self._flag(_REMOVE_PUSH, user, endpoint)
+
+    async def push_subscriptions(self, user: str) -> list[PushSubscription]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_PUSH_OF_USER, user)
+        return [PushSubscription(*row) for row in rows]

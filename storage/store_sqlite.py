@@ -47,6 +47,7 @@ from storage.store import (
     NewMessage,
     Notification,
     NotificationPage,
+    PushSubscription,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -385,6 +386,25 @@ _MARK_IDS_READ = (
 )
 _MARK_UP_TO_READ = "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 AND id <= ?"
 
+_PUSH_COLUMNS = "endpoint, user_id, p256dh, auth, created_at"
+_PUSH_OWNER = "SELECT user_id FROM push_subscriptions WHERE endpoint = ?"
+_PUT_PUSH = (
+    f"INSERT INTO push_subscriptions ({_PUSH_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id,"
+    " p256dh = excluded.p256dh, auth = excluded.auth, created_at = excluded.created_at"
+)
+# The new one stays; of the others, the newest keep - 1 do.
+_TRIM_PUSH = (
+    "DELETE FROM push_subscriptions WHERE user_id = ? AND endpoint <> ? AND endpoint NOT IN"
+    " (SELECT endpoint FROM push_subscriptions WHERE user_id = ? AND endpoint <> ?"
+    " ORDER BY created_at DESC, endpoint DESC LIMIT ?)"
+)
+_REMOVE_PUSH = "DELETE FROM push_subscriptions WHERE user_id = ? AND endpoint = ?"
+_PUSH_OF_USER = (
+    f"SELECT {_PUSH_COLUMNS} FROM push_subscriptions WHERE user_id = ?"
+    " ORDER BY created_at DESC, endpoint DESC"
+)
+
 
 _LATEST_CHUNK = 500
 
@@ -492,6 +512,14 @@ def _mark_read(
     if up_to is not None:
         conn.execute(_MARK_UP_TO_READ, (user, up_to))
     return _unread_count(conn, user)
+
+
+def _add_push(conn: sqlite3.Connection, values: tuple[str, str, str, str, int], keep: int) -> bool:
+    endpoint, user = values[0], values[1]
+    owner = conn.execute(_PUSH_OWNER, (endpoint,)).fetchone()
+    conn.execute(_PUT_PUSH, values)
+    conn.execute(_TRIM_PUSH, (user, endpoint, user, endpoint, keep - 1))
+    return owner is None or owner[0] != user
 
 
 def _exists(conn: sqlite3.Connection, sql: str, args: tuple[str, str]) -> bool:
@@ -794,3 +822,21 @@ class SqliteStore:
         if ids is None and up_to is None:
             return await self._read(lambda conn: _unread_count(conn, user))
         return await self._write(lambda conn: _mark_read(conn, user, ids, up_to))
+
+    # Web Push subscriptions -----------------------------------------------------------
+
+    async def add_push_subscription(
+        self, user: str, endpoint: str, p256dh: str, auth: str, *, keep: int
+    ) -> bool:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        return await self._write(
+            lambda conn: _add_push(conn, (endpoint, user, p256dh, auth, self._clock()), keep)
+        )
+
+    async def remove_push_subscription(self, user: str, endpoint: str) -> bool:
+        return await self._write(lambda conn: _changed(conn, _REMOVE_PUSH, (user, endpoint)))
+
+    async def push_subscriptions(self, user: str) -> list[PushSubscription]:
+        rows = await self._read(lambda conn: conn.execute(_PUSH_OF_USER, (user,)).fetchall())
+        return [PushSubscription(*row) for row in rows]

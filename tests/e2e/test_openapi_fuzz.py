@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from realtime.outbound.vapid import generate_key_file
 from tests.e2e.helpers_auth import running, server_process
 from tests.server import SERVICE_KEY, ServerProcess
 
@@ -30,7 +31,14 @@ TIMEOUT = 600  # an outer bound: the run takes about 20 s
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = server_process(tmp_path_factory, "fuzz")
+    # Web Push on, so that its key route answers 200 like the others (not only 404).
+    key_file = tmp_path_factory.mktemp("vapid") / "vapid.pem"
+    generate_key_file(key_file)
+    webpush = {
+        "REALTIME_WEBPUSH_VAPID_PRIVATE_KEY_FILE": str(key_file),
+        "REALTIME_WEBPUSH_VAPID_SUBJECT": "mailto:ops@example.com",
+    }
+    process = server_process(tmp_path_factory, "fuzz", env=webpush)
     with running(process):
         yield process
 

@@ -23,6 +23,8 @@ from protocol.commands import (
     NotificationsRead,
     Ping,
     PresenceQuery,
+    PushSubscribe,
+    PushUnsubscribe,
     Read,
     Refresh,
     Rejected,
@@ -167,6 +169,9 @@ def test_unknown_fields_are_ignored() -> None:
 # Every command type, from the union itself: a new command without a sample here, an op
 # name, or a parser fails these tests.
 
+P256DH = "B" + "A" * 85 + "E"
+AUTH = "A" * 21 + "Q"
+
 WIRE_SAMPLES: dict[type, tuple[dict[str, object], object]] = {
     Connect: (
         {"token": "t", "rooms": ["swap:1", {"room": "swap:2", "since": 3, "epoch": "e"}]},
@@ -189,6 +194,19 @@ WIRE_SAMPLES: dict[type, tuple[dict[str, object], object]] = {
     NotificationsRead: ({"up_to": 5}, NotificationsRead(1, up_to=5)),
     Refresh: ({"token": "t"}, Refresh(1, "t")),
     Ping: ({}, Ping(1)),
+    PushSubscribe: (
+        {
+            "subscription": {
+                "endpoint": "https://push.example/s/1",
+                "keys": {"p256dh": P256DH, "auth": AUTH},
+            }
+        },
+        PushSubscribe(1, "https://push.example/s/1", P256DH, AUTH),
+    ),
+    PushUnsubscribe: (
+        {"endpoint": "https://push.example/s/1"},
+        PushUnsubscribe(1, "https://push.example/s/1"),
+    ),
 }
 
 

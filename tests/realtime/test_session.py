@@ -20,6 +20,10 @@ from realtime.session import Session, TokenBucket
 from tests.realtime.support import SECRET, FakeConnection, running_node, settings
 
 ROOM = "swap:chat"
+PUSH_SUBSCRIPTION = {
+    "endpoint": "https://push.example/s/1",
+    "keys": {"p256dh": "B" + "A" * 85 + "E", "auth": "A" * 21 + "Q"},
+}
 
 
 def token(user: str) -> str:
@@ -108,10 +112,14 @@ async def test_every_command_reaches_its_service(node: Node) -> None:
         {"op": "refresh", "token": token("alice")},
         {"op": "ping"},
         {"op": "leave", "room": ROOM},
+        {"op": "push.subscribe", "subscription": PUSH_SUBSCRIPTION},
+        {"op": "push.unsubscribe", "endpoint": PUSH_SUBSCRIPTION["endpoint"]},
     ]
     await client.send(*({"id": i, **c} for i, c in enumerate(commands, start=2)))
     replies = client.replies()
-    ok = {commands[i - 2]["op"]: replies[i].get("ok", replies[i]) for i in range(2, 13)}
+    ok = {
+        commands[i - 2]["op"]: replies[i].get("ok", replies[i]) for i in range(2, 2 + len(commands))
+    }
     assert ok["join"]["room"] == ROOM and ok["join"]["presence"] == ["alice"]
     assert ok["send"]["seq"] == 1
     assert [m["body"] for m in ok["history"]["messages"]] == [{"n": 1}]
@@ -121,6 +129,7 @@ async def test_every_command_reaches_its_service(node: Node) -> None:
     assert [n["type"] for n in ok["notifications"]["items"]] == ["hello"]
     assert ok["notifications.read"] == {"unread_count": 0}
     assert ok["refresh"]["expires_at"] > time.time()
+    assert ok["push.subscribe"] == {} and ok["push.unsubscribe"] == {}
     # Every op the session knows was carried out above (a new one needs a line here).
     assert set(ok) | {"connect"} == set(OPS)
     assert not client.conn.in_room(ROOM) and client.conn.closes == []

@@ -629,6 +629,66 @@ async def test_mark_notifications_read(store: Store) -> None:
         await store.mark_notifications_read("a", ids=[1], up_to=1)
 
 
+# Web Push subscriptions ---------------------------------------------------------------------
+
+
+async def test_push_subscriptions_register_replace_and_remove(
+    store: Store, clock: FakeClock
+) -> None:
+    assert await store.push_subscriptions("a") == []
+    assert await store.add_push_subscription("a", "https://p/1", "k1", "s1", keep=5) is True
+    clock.advance(1)
+    assert await store.add_push_subscription("a", "https://p/2", "k2", "s2", keep=5) is True
+    assert await store.add_push_subscription("b", "https://p/3", "k3", "s3", keep=5) is True
+    assert [
+        (s.endpoint, s.user, s.p256dh, s.auth, s.created_at)
+        for s in await store.push_subscriptions("a")
+    ] == [
+        ("https://p/2", "a", "k2", "s2", T0 + 1),
+        ("https://p/1", "a", "k1", "s1", T0),
+    ]
+    # The same endpoint again: new keys, newest now, not new to the user.
+    clock.advance(1)
+    assert await store.add_push_subscription("a", "https://p/1", "k1b", "s1b", keep=5) is False
+    assert [
+        (s.endpoint, s.p256dh, s.auth, s.created_at) for s in await store.push_subscriptions("a")
+    ] == [
+        ("https://p/1", "k1b", "s1b", T0 + 2),
+        ("https://p/2", "k2", "s2", T0 + 1),
+    ]
+    # Another user signs in on that browser: the endpoint moves to them.
+    assert await store.add_push_subscription("b", "https://p/1", "k1c", "s1c", keep=5) is True
+    assert [s.endpoint for s in await store.push_subscriptions("a")] == ["https://p/2"]
+    assert [s.endpoint for s in await store.push_subscriptions("b")] == [
+        "https://p/1",
+        "https://p/3",
+    ]
+    # Only the owner removes it.
+    assert await store.remove_push_subscription("a", "https://p/1") is False
+    assert await store.remove_push_subscription("b", "https://p/1") is True
+    assert await store.remove_push_subscription("b", "https://p/1") is False
+    assert [s.endpoint for s in await store.push_subscriptions("b")] == ["https://p/3"]
+    with pytest.raises(ValueError, match="keep"):
+        await store.add_push_subscription("a", "https://p/9", "k", "s", keep=0)
+
+
+async def test_push_subscriptions_keep_the_newest(store: Store, clock: FakeClock) -> None:
+    for i in range(5):
+        await store.add_push_subscription("a", f"https://p/{i}", "k", "s", keep=3)
+        clock.advance(1)
+    await store.add_push_subscription("other", "https://q/1", "k", "s", keep=3)
+    assert [s.endpoint for s in await store.push_subscriptions("a")] == [
+        "https://p/4",
+        "https://p/3",
+        "https://p/2",
+    ]
+    # Registered in the same millisecond as the newest other, the new one still stays.
+    clock.now = T0 + 4
+    await store.add_push_subscription("a", "https://p/0", "k", "s", keep=1)
+    assert [s.endpoint for s in await store.push_subscriptions("a")] == ["https://p/0"]
+    assert [s.endpoint for s in await store.push_subscriptions("other")] == ["https://q/1"]
+
+
 # Epochs and migrations ----------------------------------------------------------------------
 
 
