@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import assert_never
+from typing import Any, assert_never
 
 from protocol import CloseCode, CommandError
 from protocol.outgoing import (
@@ -52,6 +52,7 @@ from .pacing import HandshakeLimiter, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
+from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
@@ -101,6 +102,8 @@ class Node:
         self.notices = Notices(store, stored, publisher, self.metrics)
         self._publisher = publisher
         self._loops = TaskSet()
+        # Engine.IO sessions by id (sio.py keeps its own objects here).
+        self.engine_sessions: EngineSessions[Any] = EngineSessions(self.instance_id)
 
     # Lifecycle ---------------------------------------------------------------------
 
