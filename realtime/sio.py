@@ -79,6 +79,8 @@ RECONNECTING: Final = frozenset(
 )
 """Closes after which the client should come back by itself: no DISCONNECT packet."""
 MAX_PID: Final = 64
+MAX_PACKETS_PER_POLL: Final = 16
+"""Packets in one polling response: python-engineio's client refuses more."""
 Commands = list[tuple[float, Command | Rejected]]
 
 
@@ -120,16 +122,26 @@ class PollingSink:
         return data
 
     async def take(self, wait: float) -> bytes:
-        """What is buffered, as a payload; waits up to ``wait`` seconds when nothing is."""
-        if not self._buffer and not self.closed:
+        """Up to ``MAX_PACKETS_PER_POLL`` buffered packets, as a payload; waits up to
+        ``wait`` seconds when nothing is buffered."""
+        buffer = self._buffer
+        if not buffer and not self.closed:
             self._ready.clear()
             try:
                 async with asyncio.timeout(wait):
                     await self._ready.wait()
             except TimeoutError:
                 pass
-        data = self.drain()
-        return data[: -len(SEPARATOR)] if data.endswith(SEPARATOR) else data
+        end = -1
+        for _ in range(MAX_PACKETS_PER_POLL):
+            end = buffer.find(SEPARATOR, end + 1)
+            if end < 0:
+                return self.drain()[: -len(SEPARATOR)]  # every packet ends with one
+        data = bytes(buffer[:end])
+        del buffer[: end + 1]
+        if not buffer:
+            self._ready.clear()
+        return data
 
 
 class EngineSocket:
@@ -386,7 +398,7 @@ class EngineSocket:
             data = await sink.take(self._node.settings.server.ping_interval)
         finally:
             sink.getting = False
-        if self.polling is sink and sink.closed:
+        if self.polling is sink and sink.closed and not sink.get_write_buffer_size():
             self._end()  # the close packet is on its way
         return 200, data or b"6"
 
