@@ -63,9 +63,7 @@ class Peer:
         self.refused = data
 
     async def connect(self, server: ServerProcess, transports: list[str], **options: Any) -> None:
-        await self.sio.connect(
-            server.url, transports=transports, wait_timeout=TIMEOUT, **options
-        )
+        await self.sio.connect(server.url, transports=transports, wait_timeout=TIMEOUT, **options)
 
     async def call(self, op: str, args: Any = None) -> Any:
         return await self.sio.call(op, {} if args is None else args, timeout=TIMEOUT)
@@ -316,7 +314,13 @@ async def test_a_payload_over_max_payload_is_refused(server: ServerProcess) -> N
 async def test_malformed_websocket_packets_close_cleanly(server: ServerProcess) -> None:
     url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as http:
-        for garbage in ["7", '42["x"', "4" + "2" * 30 + '["x"]', b"\x00stray attachment"]:
+        garbage_frames: list[str | bytes] = [
+            "7",
+            '42["x"',
+            "4" + "2" * 30 + '["x"]',
+            b"\x00stray attachment",
+        ]
+        for garbage in garbage_frames:
             async with http.ws_connect(url) as ws:
                 opened = await ws.receive_str(timeout=TIMEOUT)
                 assert opened.startswith("0{")
@@ -421,9 +425,7 @@ async def test_a_silent_client_is_dropped_after_the_ping_timeout(
     before = await dropped()
     async with aiohttp.ClientSession() as http:
         url = await open_polling(http, strict_server)
-        await _post(
-            http, url, b'40{"token":"%s"}' % strict_server.token(unique("quiet")).encode()
-        )
+        await _post(http, url, b'40{"token":"%s"}' % strict_server.token(unique("quiet")).encode())
 
         async def gone() -> bool:
             return await dropped() > before  # asking /metrics is no traffic of the session
@@ -468,4 +470,3 @@ async def test_a_connect_with_pid_and_offset_gets_what_it_missed(
     assert [(await again.event("message", room=room))["body"] for _ in range(2)] == [2, 3]
     sent = await again.call("send", {"room": room, "body": 4})
     assert sent["seq"] == 4 and (await again.event("message", room=room))["body"] == 4
-
