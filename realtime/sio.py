@@ -375,7 +375,10 @@ class EngineSocket:
             if code >= 4000:  # over WebSocket, the socket's close logs it
                 with bound(self.conn):
                     log.info("closing with %d: %s", code, reason)
-            final.append("1")
+            if code not in RECONNECTING:
+                # Engine.IO's close. Without it the next GET finds no session, which
+                # clients take for a lost transport, and reconnect.
+                final.append("1")
             sink.finish(b"".join(text.encode() + SEPARATOR for text in final))
             if self._end_timer is None:
                 timeout = self._node.settings.server.close_timeout

@@ -470,3 +470,50 @@ async def test_a_connect_with_pid_and_offset_gets_what_it_missed(
     assert [(await again.event("message", room=room))["body"] for _ in range(2)] == [2, 3]
     sent = await again.call("send", {"room": room, "body": 4})
     assert sent["seq"] == 4 and (await again.event("message", room=room))["body"] == 4
+
+
+# Closing ----------------------------------------------------------------------------------
+
+
+class Watched(Peer):
+    """A peer that also records why it was disconnected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: asyncio.Queue[str] = asyncio.Queue()
+        self.sio.on("disconnect", self._disconnected)
+
+    async def _disconnected(self, reason: str) -> None:
+        self.reasons.put_nowait(str(reason))
+
+
+async def test_a_disconnect_over_rest_says_why_and_stops_reconnects(
+    server: ServerProcess, transports: list[str], peers: list[Peer]
+) -> None:
+    user = unique("kick")
+    peer = Watched()
+    peers.append(peer)
+    await peer.connect(server, transports, auth={"token": server.token(user)})
+    status, _ = await server.rest(
+        "POST", f"/api/v1/users/{user}/disconnect", {"reason": "account closed"}
+    )
+    assert status == 204
+    assert await peer.event("closing") == {"code": 4004, "reason": "account closed"}
+    reason = await asyncio.wait_for(peer.reasons.get(), TIMEOUT)
+    assert reason == socketio.AsyncClient.reason.SERVER_DISCONNECT
+
+
+async def test_a_restart_says_why_and_invites_a_reconnect(
+    make_server: Any, transports: list[str], peers: list[Peer]
+) -> None:
+    server = make_server(config_text=CONFIG)
+    peer = Watched()
+    peers.append(peer)
+    await peer.connect(server, transports, auth={"token": server.token(unique("r"))})
+    stopping = asyncio.get_running_loop().run_in_executor(None, server.terminate)
+    closing = await peer.event("closing")
+    assert closing["code"] == 1012
+    reason = await asyncio.wait_for(peer.reasons.get(), TIMEOUT)
+    # A lost transport, not the server's DISCONNECT: clients reconnect by themselves.
+    assert reason == socketio.AsyncClient.reason.TRANSPORT_ERROR
+    assert await stopping == 0
