@@ -23,6 +23,10 @@ class Codec:
 
     subprotocol: str
     binary: bool
+    websocket: bool = True
+    """Each encoded message is a WebSocket frame; False: written as it is (Engine.IO polling)."""
+    ping: bytes | None = None
+    """The message that is a ping in this encoding; None: a WebSocket ping frame."""
 
     def decode(self, data: bytes | str) -> list[object]:
         raise NotImplementedError

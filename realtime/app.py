@@ -28,6 +28,7 @@ from .node import Node
 from .presence import Presence
 from .presence_memory import MemoryPresence
 from .rest import Handler, add_routes, api_errors
+from .sio_http import socketio_endpoint
 from .ws import aiohttp_websocket
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     # Upgrades on a kept-alive HTTP connection; fresh ones never reach aiohttp.
     app.router.add_get("/ws", aiohttp_websocket)
+    # Socket.IO: Engine.IO's polling (and upgrades on kept-alive connections).
+    app.router.add_route("*", "/socket.io/", socketio_endpoint)
     add_routes(app)
     add_demo_routes(app, settings)  # only with demo.enabled
     app.cleanup_ctx.append(_lifecycle(settings))

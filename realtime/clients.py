@@ -17,7 +17,7 @@ from .config import Settings
 from .connection import Connection
 from .convert import user_room
 from .expiry import ExpiryClock
-from .frames import PING_FRAME
+from .frames import ping_frame
 from .hub import Hub
 from .joins import Joins
 from .metrics import Metrics
@@ -99,7 +99,7 @@ class Clients:
             if now - conn.last_seen > limit:
                 idle.append(conn)
             else:
-                conn.send_frame(PING_FRAME)
+                conn.send_frame(ping_frame(conn.codec))
         if idle:
             # Counted together: the advice in their closes spreads them (pacing.py).
             self._reconnects.leaving(len(idle))

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from protocol import CloseCode, Codec
 from protocol.outgoing import LaggedPush, MessagePush, Outgoing, PresencePush, TypingPush
@@ -38,6 +38,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CloseCallback = Callable[[int, str], None]
+
+
+class Sink(Protocol):
+    """Where a connection's bytes go: its TCP transport, or a polling session's buffer."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def abort(self) -> None: ...
 
 
 class Outbox:
@@ -129,12 +141,13 @@ class Connection:
         "identity",
         "last_seen",
         "soft_limit",
+        "tail",
     )
 
     def __init__(
         self,
         connection_id: str,
-        transport: asyncio.Transport,
+        transport: Sink,
         codec: Codec,
         buffer_limit: int,
         on_close: CloseCallback,
@@ -174,6 +187,9 @@ class Connection:
         self._pending: bytes | list[bytes] | None = None
         self._held: list[bytes] | None = None
         self._held_bytes = 0
+        # Called at each write with something in it; what it returns goes last
+        # (a Socket.IO connection's recovery offset). Most connections have none.
+        self.tail: Callable[[], bytes | None] | None = None
 
     @property
     def user(self) -> str:
@@ -255,6 +271,8 @@ class Connection:
                 self._too_slow()
                 return
             self.degraded = True
+        if self.tail is not None and (last := self.tail()) is not None:
+            pending = [*pending, last] if isinstance(pending, list) else [pending, last]
         transport.write(b"".join(pending) if isinstance(pending, list) else pending)
 
     def deliver(self, frame: bytes, push: Outgoing, room: str) -> bool:
@@ -282,13 +300,22 @@ class Connection:
 
     def reply(self, message: Outgoing) -> bool:
         """Queue a reply ahead of any pushes being held (see ``hold``)."""
+        return self.reply_frame(encode_frame(self.codec, message))
+
+    def reply_frame(self, frame: bytes) -> bool:
+        """Queue a ready frame ahead of any pushes being held."""
         if self.closing:
             return False
         held, self._held = self._held, None
         try:
-            return self.send(message)
+            return self.send_frame(frame)
         finally:
             self._held = held
+
+    @property
+    def holding(self) -> bool:
+        """Pushes are being kept back (a join is under way)."""
+        return self._held is not None
 
     def hold(self) -> None:
         """Keep pushes back until ``release``: a join's reply goes out before its pushes."""
@@ -315,6 +342,28 @@ class Connection:
         if not self.closing:
             self._outbox.metrics.slow_consumers.inc()
         self.close(CloseCode.TOO_SLOW, "send buffer full: reading too slowly")
+
+    def rebind(
+        self,
+        transport: Sink,
+        codec: Codec,
+        on_close: CloseCallback,
+        convert: Callable[[bytes], bytes],
+    ) -> None:
+        """Write to another transport in another encoding from now on (an Engine.IO
+        upgrade); frames still queued or held are converted with ``convert``.
+
+        The rooms' fan-out sets are by encoding: the caller moves the connection
+        there (``Hub.recode``).
+        """
+        if self._pending is not None:
+            pending = self._pending
+            self._pending = [convert(b"".join(pending) if isinstance(pending, list) else pending)]
+        if self._held is not None:
+            self._held = [convert(b"".join(self._held))] if self._held else []
+        self._transport = transport
+        self.codec = codec
+        self._on_close = on_close
 
     def close(self, code: int, reason: str) -> None:
         """Start closing with a close code; idempotent, returns at once."""

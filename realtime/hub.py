@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from protocol import Codec
 from protocol.outgoing import Message, MessagePush, Outgoing
 from storage import StorageError
 
@@ -127,6 +128,13 @@ class Hub:
             return False
         self._drop_if_unused(room)
         return True
+
+    def recode(self, conn: Connection, old: Codec) -> None:
+        """``conn`` changed encoding (``Connection.rebind``): move it in its rooms."""
+        for name in conn.rooms:
+            room = self.rooms.get(name)
+            if room is not None:
+                room.recode(conn, old)
 
     def _drop_if_unused(self, room: Room) -> None:
         if room.holds or len(room) or self.rooms.get(room.name) is not room:

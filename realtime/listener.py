@@ -1,5 +1,6 @@
-"""One port for both: a new connection whose first request is ``GET /ws`` becomes a
-WebSocket of ours; any other goes to aiohttp, which serves the REST API.
+"""One port for both: a new connection whose first request is ``GET /ws`` (or Engine.IO's
+``GET /socket.io/?…transport=websocket``) becomes a WebSocket of ours; any other goes
+to aiohttp, which serves the REST API and Engine.IO's polling.
 
 Deciding on the first request line keeps aiohttp's per-request objects out of the
 life of a WebSocket (they would outweigh everything else a connection holds).
@@ -188,7 +189,9 @@ class FirstRequest(asyncio.Protocol):
         line = self._buffer[:end]
         if self._ticket.spare and not line.startswith(PROBES):
             self._refuse_busy()
-        elif line.startswith((b"GET /ws ", b"GET /ws?")):
+        elif line.startswith((b"GET /ws ", b"GET /ws?")) or (
+            line.startswith(b"GET /socket.io/?") and b"transport=websocket" in line
+        ):
             self._to_websocket()
         else:
             self._to_http()
@@ -265,6 +268,13 @@ class FirstRequest(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def authenticated(self) -> None:
+        """This HTTP connection serves an authenticated client (a Socket.IO polling
+        session): it gives its place back, as an authenticated WebSocket does."""
+        if self._ticket is not None and not self._ticket.spare:
+            self._ticket.release()
+            self._ticket = None
 
     # An HTTP connection: aiohttp's handler sees everything else. ---------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import assert_never
+from typing import Any, assert_never
 
 from protocol import CloseCode, CommandError
 from protocol.outgoing import (
@@ -54,6 +54,7 @@ from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
 from .push_subscriptions import PushSubscriptions
+from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
@@ -104,6 +105,8 @@ class Node:
         self.push = PushSubscriptions(settings.webpush, store, stored)
         self._publisher = publisher
         self._loops = TaskSet()
+        # Engine.IO sessions by id (sio.py keeps its own objects here).
+        self.engine_sessions: EngineSessions[Any] = EngineSessions(self.instance_id)
 
     # Lifecycle ---------------------------------------------------------------------
 

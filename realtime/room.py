@@ -96,6 +96,15 @@ class Room:
         self.waiting = [(floor, c) for floor, c in self.waiting if c is not conn]
         return len(self.waiting) != before
 
+    def recode(self, conn: Connection, old: Codec) -> None:
+        """The connection now takes ``conn.codec``'s frames, not ``old``'s."""
+        conns = self.by_codec.get(old)
+        if conns is not None and conn in conns:
+            conns.discard(conn)
+            if not conns:
+                del self.by_codec[old]
+            self._add(conn)
+
     def _add(self, conn: Connection) -> None:
         conns = self.by_codec.get(conn.codec)
         if conns is None:

@@ -97,7 +97,7 @@ class Session:
     async def open(self, authorization: str | None) -> None:
         """Authenticate from the upgrade request's header, or wait for ``connect``."""
         conn = self._conn
-        token = _bearer(authorization)
+        token = bearer(authorization)
         if token is None:
             self._auth_timer = asyncio.get_running_loop().call_later(
                 self._node.settings.auth.auth_timeout,
@@ -145,6 +145,14 @@ class Session:
             except FrameError as error:
                 bad = error  # what came before it is still carried out
                 break
+        await self.handle_commands(commands, bad)
+
+    async def handle_commands(
+        self, commands: Sequence[tuple[float, Command | Rejected]], bad: FrameError | None = None
+    ) -> None:
+        """Carry out decoded commands (see ``handle_frames``); then close with 4000
+        when ``bad`` says the input that followed them was no message."""
+        conn = self._conn
         conn.busy = True
         try:
             index = 0
@@ -164,6 +172,29 @@ class Session:
             conn.close(CloseCode.BAD_FRAME, str(bad))
         elif self._node.draining:
             conn.close(CloseCode.RESTARTING, "server restarting: reconnect")
+
+    async def connect(self, arrived: float, command: Connect) -> ConnectResult:
+        """A ``connect`` whose reply the caller writes (Socket.IO's CONNECT packet).
+
+        Charged to the rate limit like any command; raises ``CommandError``
+        (``TooManyConnections`` included) and leaves the closing to the caller.
+        """
+        metrics = self._node.metrics
+        if not self._bucket.take(arrived):
+            metrics.rate_limited.inc()
+            raise CommandError(ErrorCode.RATE_LIMITED, "too many commands, slow down")
+        started = time.perf_counter()
+        try:
+            result = await self._connect(command)
+        except CommandError as error:
+            metrics.command_done(command.op, error.code.value)
+            raise
+        metrics.command_done(command.op, "ok", time.perf_counter() - started)
+        return result
+
+    @property
+    def conn(self) -> Connection:
+        return self._conn
 
     def _pipelined(self, first: Command | Rejected, other: Command | Rejected) -> bool:
         """Whether ``other`` may run alongside ``first``: both sends to joined rooms."""
@@ -311,7 +342,7 @@ class Session:
         return RefreshResult(int(identity.expires_at))
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")

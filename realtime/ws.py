@@ -1,16 +1,5 @@
-"""``GET /ws``: the only code that touches a WebSocket.
-
-The WebSocket protocol itself is python-websockets' Sans-I/O core: bytes go in,
-frames come out, and the bytes it wants written (handshake response, pongs,
-close frames) are written to the transport. This module is the few lines that
-feed it and hand complete messages to the session. Pushes and replies do not pass
-through here: ``Connection`` writes ready frames straight to the transport.
-
-A connection costs no task while it is idle: a task is started when a message
-arrives and ends when the messages waiting are handled (in order; see
-``Session.handle_frames``). When ``INBOX_LIMIT`` wait, the socket stops being read
-until they are taken, so a fast sender meets TCP backpressure, not an unbounded
-queue.
+"""The WebSocket endpoints: ``GET /ws`` (native) and ``GET /socket.io/`` (Engine.IO's
+websocket transport): handshakes, and handing the socket to ``websocket.py``.
 
 Connections arrive two ways: ``listener.py`` gives us a fresh TCP connection
 whose first request is ``GET /ws`` (the usual way; no HTTP framework objects stay
@@ -22,61 +11,67 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
-from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 from websockets.datastructures import Headers
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
-from websockets.frames import CloseCode as WebSocketCloseCode
-from websockets.frames import Frame, Opcode
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
-from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from protocol import CODECS, JSON, SUBPROTOCOLS, CloseCode
+from protocol import CODECS, JSON, SUBPROTOCOLS, engineio
 
+from . import sio
 from .admission import Ticket
 from .app_keys import NODE
-from .connection import Connection
-from .frames import close_reason
 from .listener import http_error, refuse
-from .logs import bind, bound
 from .node import Node
 from .session import Session
+from .websocket import WebSocket
 
 log = logging.getLogger(__name__)
 
-INBOX_LIMIT = 32
 _SUBPROTOCOLS = [Subprotocol(name) for name in SUBPROTOCOLS]
 
 
-class _Frames(Protocol):
-    """The data phase of a server connection; an oversized frame closes with 4008."""
-
-    def fail(self, code: int, reason: str = "") -> None:
-        if code == WebSocketCloseCode.MESSAGE_TOO_BIG:
-            code, reason = CloseCode.LIMIT, "frame too large"
-        super().fail(code, reason)
+Opener = Callable[[asyncio.Transport], WebSocket]
+"""Makes the WebSocket of an accepted upgrade once the 101 is written."""
+SOCKET_IO_PATH = "/socket.io/"
 
 
-def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
-    """The response to an upgrade request, and the subprotocol chosen (if accepted)."""
+def handshake(node: Node, request: Request) -> tuple[Response, Opener | None]:
+    """The response to an upgrade request, and what opens the socket (if accepted)."""
     settings = node.settings.server
-    if request.path.partition("?")[0] != "/ws":
-        return _refusal(404, "not_found", "WebSocket endpoint is /ws"), None
+    path, _, query = request.path.partition("?")
+    if path not in ("/ws", SOCKET_IO_PATH):
+        return _refusal(404, "not_found", "WebSocket endpoints are /ws and /socket.io/"), None
     origin = request.headers.get("Origin")
     allowed = settings.allowed_origins
     if origin is not None and allowed and "*" not in allowed and origin not in allowed:
         return _refusal(403, "forbidden", f"origin {origin} is not allowed"), None
     if node.draining:
         return _refusal(503, "unavailable", "server restarting: connect to another instance"), None
-    negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
+    authorization = request.headers.get("Authorization")
+    opener: Opener
+    if path == SOCKET_IO_PATH:
+        try:
+            engine = engineio.parse_request(dict(parse_qsl(query)))
+        except engineio.RequestRefused as refused:
+            return _engine_refusal(refused.error), None
+        if engine.transport != "websocket":
+            return _engine_refusal(engineio.RequestError.BAD_REQUEST), None
+        sid = engine.sid
+        if sid is not None and not sio.upgradable(node, sid):
+            return _engine_refusal(engineio.RequestError.UNKNOWN_SID), None
+        negotiator = ServerProtocol()
+        opener = partial(sio.open_websocket, node, sid=sid, authorization=authorization)
+    else:
+        negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
     response = negotiator.accept(request)
     if response.status_code != 101:
         return response, None
@@ -85,7 +80,37 @@ def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
         node.metrics.handshakes_refused.inc()
         message = f"too many new connections: retry after {retry_after}s"
         return _refusal(503, "unavailable", message, retry_after), None
-    return response, negotiator.subprotocol
+    if path == "/ws":
+        opener = partial(
+            native, node, subprotocol=negotiator.subprotocol, authorization=authorization
+        )
+    return response, opener
+
+
+def native(
+    node: Node, transport: asyncio.Transport, *, subprotocol: str | None, authorization: str | None
+) -> WebSocket:
+    """The WebSocket of ``GET /ws``: a native session, authenticated from the header or
+    by its first message."""
+    ws = WebSocket(node, transport)
+    conn = ws.new_connection(CODECS.get(subprotocol or "", JSON))
+    session = Session(node, conn)
+    node.hub.add_connection(conn)
+    # The session opens (header auth, user room) before any message is handled.
+    ws.serve(conn, session, session.open(authorization))
+    return ws
+
+
+def _engine_refusal(error: engineio.RequestError) -> Response:
+    body = engineio.error_body(error)
+    headers = Headers(
+        [
+            ("Connection", "close"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(error.status, "", headers, body)
 
 
 def _first_offered(_: ServerProtocol, offered: Any) -> Subprotocol | None:
@@ -122,188 +147,6 @@ _PHRASES = {
     404: "Not Found",
     503: "Service Unavailable",
 }
-
-
-class WebSocket:
-    """One open WebSocket: frames in, messages to the session, close handshake."""
-
-    __slots__ = (
-        "_arrived",
-        "_close_timer",
-        "_fragments",
-        "_frames",
-        "_inbox",
-        "_node",
-        "_paused",
-        "_session",
-        "_transport",
-        "_worker",
-        "close_code",
-        "conn",
-        "finished",
-    )
-
-    def __init__(
-        self,
-        node: Node,
-        transport: asyncio.Transport,
-        subprotocol: str | None,
-        authorization: str | None,
-    ) -> None:
-        self._node = node
-        self._transport = transport
-        settings = node.settings.server
-        self._frames = _Frames(Side.SERVER, state=State.OPEN, max_size=settings.max_frame_bytes)
-        codec = CODECS.get(subprotocol or "", JSON)
-        self.conn = Connection(
-            secrets.token_hex(8),
-            transport,
-            codec,
-            settings.send_buffer_bytes,
-            self.close,
-            node.hub.outbox,
-            settings.send_buffer_soft_bytes or settings.send_buffer_bytes // 2,
-        )
-        self._session = Session(node, self.conn)
-        self._fragments: list[bytes] | None = None
-        # Each message with the time it arrived: the rate limit charges it then.
-        self._inbox: deque[tuple[float, bytes]] = deque()
-        self._paused = False
-        self._arrived = 0.0
-        self._close_timer: asyncio.TimerHandle | None = None
-        self.close_code: int | None = None
-        self.finished = asyncio.get_running_loop().create_future()
-        node.hub.add_connection(self.conn)
-        # The session opens (header auth, user room) before any message is handled.
-        self._worker: asyncio.Task[None] | None = asyncio.create_task(
-            self._work(self._session.open(authorization))
-        )
-
-    # Input -------------------------------------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        self.conn.last_seen = self._arrived = time.monotonic()
-        frames = self._frames
-        frames.receive_data(data)
-        for frame in frames.events_received():
-            self._on_frame(cast(Frame, frame))  # past the handshake: frames only
-        self._flush()
-
-    def receive_eof(self) -> None:
-        self._frames.receive_eof()
-        self._flush()
-
-    def _on_frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            if frame.fin:
-                self._enqueue(bytes(frame.data))
-            else:
-                self._fragments = [bytes(frame.data)]
-        elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments.append(bytes(frame.data))
-            if frame.fin:
-                message = b"".join(self._fragments)
-                self._fragments = None
-                self._enqueue(message)
-        elif opcode is Opcode.CLOSE and self.close_code is None:
-            received = self._frames.close_rcvd
-            self.close_code = received.code if received is not None else None
-
-    def _enqueue(self, message: bytes) -> None:
-        if self.conn.closing:
-            return
-        self._inbox.append((self._arrived, message))
-        if len(self._inbox) >= INBOX_LIMIT and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._work(None))
-
-    async def _work(self, first: Any) -> None:
-        """Handle waiting messages in order; the task ends when none are left."""
-        session = self._session
-        bind(self.conn)  # this task's log lines name the connection
-        try:
-            if first is not None:
-                await first
-            inbox = self._inbox
-            while inbox and not self.conn.closing:
-                frames = list(inbox)
-                inbox.clear()
-                if self._paused:
-                    self._paused = False
-                    self._transport.resume_reading()
-                await session.handle_frames(frames)
-        except Exception:
-            log.exception("connection %s failed", self.conn)
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            self._worker = None
-
-    # Output ------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        transport = self._transport
-        if self._frames.state is not State.OPEN:
-            # Closing, whoever started it: the close frame is about to be written,
-            # then the half-close. Frames queued before go out ahead of it; none
-            # may follow (a write after write_eof raises).
-            self.conn.end()
-        for data in self._frames.data_to_send():
-            if data:
-                transport.write(data)
-            elif not transport.is_closing():
-                # End of the closing handshake (or a failure): half-close, and let
-                # the client close the TCP connection, or drop it when it won't.
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-                self._arm_close_timer()
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake (``Connection``'s close callback)."""
-        frames = self._frames
-        if frames.state is State.OPEN:
-            if code >= 4000:
-                with bound(self.conn):
-                    log.info("closing with %d: %s", code, reason)
-            self.close_code = code
-            reason = self._node.reconnects.advise(code, reason)
-            frames.send_close(code, close_reason(reason).decode())
-            self._flush()
-            self._arm_close_timer()
-
-    def _arm_close_timer(self) -> None:
-        if self._close_timer is None:
-            timeout = self._node.settings.server.close_timeout
-            self._close_timer = asyncio.get_running_loop().call_later(
-                timeout, self._transport.abort
-            )
-
-    # End ---------------------------------------------------------------------------
-
-    def lost(self) -> None:
-        """The TCP connection is gone: forget the session (in a task the node owns)."""
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self.conn.end()
-        self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
-
-    async def _finish(self) -> None:
-        bind(self.conn)
-        worker = self._worker
-        if worker is not None:
-            worker.cancel()
-            await asyncio.wait([worker])
-        try:
-            await self._session.close()
-        finally:
-            code = self.close_code or WebSocketCloseCode.ABNORMAL_CLOSURE
-            self._node.metrics.disconnects.labels(str(code)).inc()
-            if not self.finished.done():
-                self.finished.set_result(None)
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -371,14 +214,12 @@ class WebSocketProtocol(asyncio.Protocol):
         assert transport is not None
         self._cancel_timer()
         self._handshake = None
-        response, subprotocol = handshake(self._node, request)
-        if response.status_code != 101:
+        response, opener = handshake(self._node, request)
+        if opener is None:
             self._close_with(serialize(response))
             return
         transport.write(serialize(response))
-        ws = self._ws = WebSocket(
-            self._node, transport, subprotocol, request.headers.get("Authorization")
-        )
+        ws = self._ws = opener(transport)
         ticket, self._ticket = self._ticket, None
         if ticket is not None:
             self._node.admission.opened(ws.conn, ticket)
@@ -470,8 +311,8 @@ async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:
         return web.Response(status=400)
     upgrade = Request(request.path_qs, Headers(request.headers.items()))
-    response, subprotocol = handshake(node, upgrade)
-    if response.status_code != 101:
+    response, opener = handshake(node, upgrade)
+    if opener is None:
         retry_after = response.headers.get("Retry-After")
         return web.Response(
             status=response.status_code,
@@ -481,7 +322,7 @@ async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
         )
     reply = web.StreamResponse(status=101, headers=dict(response.headers.raw_items()))
     await reply.prepare(request)
-    ws = WebSocket(node, transport, subprotocol, request.headers.get("Authorization"))
+    ws = opener(transport)
     request.protocol.set_parser(cast(Any, _FeedFromAiohttp(ws)))
     await ws.finished
     return reply
