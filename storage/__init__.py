@@ -15,10 +15,13 @@ from pathlib import Path
 
 from storage.store import (
     Appended,
+    Delivery,
     HistoryPage,
     NewMessage,
     Notification,
+    NotificationBatch,
     NotificationPage,
+    Recipient,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -30,11 +33,14 @@ from storage.store_sqlite import SqliteStore
 
 __all__ = [
     "Appended",
+    "Delivery",
     "HistoryPage",
     "NewMessage",
     "Notification",
+    "NotificationBatch",
     "NotificationPage",
     "PostgresStore",
+    "Recipient",
     "Recovery",
     "SqliteStore",
     "StorageError",
