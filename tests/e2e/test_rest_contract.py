@@ -125,7 +125,7 @@ async def test_a_405_says_which_methods_the_path_takes(
     room, user, other = unique("swap:"), unique("u"), unique("t")
     async with Http(server) as http:
         for template, item in document["paths"].items():
-            path = template.format(room=room, user=user, target=other)
+            path = template.format(room=room, user=user, target=other, id=1)
             status, headers, raw = await http.full("TRACE", path)
             assert status == 405, (template, raw)
             documented = {method.upper() for method in item}
