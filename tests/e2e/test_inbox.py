@@ -144,7 +144,12 @@ async def test_the_socket_reads_and_sets_its_own_preferences_but_not_the_email(
     with pytest.raises(CommandFailed) as refused:
         await client.call("preferences.set", preferences={"email": "other@example.com"})
     assert refused.value.code == "forbidden"
-    for bad in ({"timezone": "Nowhere"}, {"types": {"made_up": {}}}, {"quiet_hours": 5}):
+    bad_docs: list[dict[str, Any]] = [
+        {"timezone": "Nowhere"},
+        {"types": {"made_up": {}}},
+        {"quiet_hours": 5},
+    ]
+    for bad in bad_docs:
         with pytest.raises(CommandFailed) as refused:
             await client.call("preferences.set", preferences=bad)
         assert refused.value.code == "bad_request", bad
