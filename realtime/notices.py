@@ -29,6 +29,7 @@ from .store_calls import StoreCalls
 log = logging.getLogger(__name__)
 
 FOLLOWER_BATCH = 5000
+MAX_NAMED = 20  # configured types an error lists
 
 # What one recipient gets: stored in-app or not, and the transports of its jobs.
 Plan = tuple[bool, tuple[str, ...]]
@@ -60,7 +61,8 @@ class Notices:
         """The rules of a type, or ``bad_request`` naming it when it is unknown."""
         found = self._own_types.get(name) or self._settings.notifications.type_settings(name)
         if found is None:
-            known = ", ".join(sorted({*self._settings.notifications.types, *self._own_types}))
+            names = sorted({*self._settings.notifications.types, *self._own_types})
+            known = ", ".join(names[:MAX_NAMED]) + (", ..." if len(names) > MAX_NAMED else "")
             raise CommandError(
                 ErrorCode.BAD_REQUEST,
                 f"unknown notification type {name!r}: configure [notifications.types.{name}]"

@@ -277,7 +277,10 @@ class Session:
                 found = await node.notices.preferences(conn.user)
                 return PreferencesResult(found.to_wire())
             case PreferencesSet(document=document):
-                wanted = read_preferences(document, f"{command.op}: preferences")
+                try:
+                    wanted = read_preferences(document)
+                except CommandError as error:
+                    raise CommandError(error.code, f"{command.op}: {error.message}") from None
                 kept = await node.notices.set_preferences(conn.user, wanted, keep_email=True)
                 return PreferencesResult(kept.to_wire())
             case Refresh(token=token):
