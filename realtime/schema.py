@@ -454,7 +454,11 @@ class ObjectSpec(Spec):
         doc = _docstring(self.cls)
         if doc:
             described["description"] = doc
-        described["properties"] = {f.name: field_schema(f, schemas, text=text) for f in self.fields}
+        # An input's optional field may be null (meaning its default): say so.
+        nullable = not text and dataclasses.is_dataclass(self.cls)
+        described["properties"] = {
+            f.name: field_schema(f, schemas, text=text, nullable=nullable) for f in self.fields
+        }
         required = [f.name for f in self.fields if f.required]
         if required:
             described["required"] = required
@@ -488,9 +492,14 @@ class ObjectSpec(Spec):
         return self.cls(**values)
 
 
-def field_schema(f: Field, schemas: Components, *, text: bool = False) -> Schema:
-    """A field's schema with its default; ``text``: as a query parameter (no null)."""
+def field_schema(
+    f: Field, schemas: Components, *, text: bool = False, nullable: bool = False
+) -> Schema:
+    """A field's schema with its default; ``text``: as a query parameter (no null);
+    ``nullable``: an optional field takes null too (as ``read_fields`` does)."""
     spec = f.spec
+    if nullable and not f.required and not isinstance(spec, NullableSpec | JsonSpec):
+        spec = NullableSpec(inner=spec)
     if text and isinstance(spec, NullableSpec):
         spec = dataclasses.replace(
             spec.inner,
