@@ -28,7 +28,7 @@ SERVICE_KEY = "test-service-key-0123456789"
 # The notification types the tests send, declared as an operator would: the server
 # refuses a type it does not know (unless notifications.free_types is on).
 TEST_TYPES = (
-    *("like", "comment", "post", "ping", "noise", "t", "x", "new", "live"),
+    *("like", "comment", "follow", "post", "ping", "noise", "t", "x", "new", "live"),
     *(f"n{i}" for i in range(8)),
     *(f"t{i}" for i in range(3)),
 )
