@@ -16,7 +16,7 @@ import pytest
 
 from storage import create_store
 from tests.client import Client, CommandFailed, close_all
-from tests.e2e.support import assert_error
+from tests.e2e.support import assert_error, metric
 from tests.server import Http, ServerProcess, unique
 
 API = "/api/v1"
@@ -307,6 +307,12 @@ async def test_inbox_states_over_rest(http: Http) -> None:
 # Dedupe keys --------------------------------------------------------------------------
 
 
+async def deduplicated(http: Http) -> float:
+    status, _, raw = await http.full("GET", "/metrics", key=None)
+    assert status == 200
+    return metric(raw.decode(), "realtime_notifications_deduplicated_total")
+
+
 async def test_a_repeated_dedupe_key_creates_nothing_new_for_the_same_recipient(
     server: ServerProcess, http: Http
 ) -> None:
@@ -315,7 +321,9 @@ async def test_a_repeated_dedupe_key_creates_nothing_new_for_the_same_recipient(
     body: dict[str, Any] = {"type": "post_liked", "data": {"post_id": 5}, "dedupe_key": "ev-9"}
     assert await notify(http, to=[a, b], **body) == 2
     first = await client.push("notification")
+    before = await deduplicated(http)
     assert await notify(http, to=[a, b, c], **body) == 1  # only c is new
+    assert await deduplicated(http) == before + 2
     await client.no_push("notification", wait=0.2)
     assert [i["id"] for i in (await listed(http, a))["items"]] == [first["id"]]
     assert len((await listed(http, c))["items"]) == 1
