@@ -296,7 +296,9 @@ class NotificationSettings:
         """The rules of type ``name``; None when it is unknown and types are not free."""
         found = self.types.get(name)
         if found is None and self.free_types:
-            return dataclasses.replace(self.default_type, name=name)
+            found = self.default_type
+        if found is not None and found.name != name:  # built by hand, without its name
+            found = dataclasses.replace(found, name=name)
         return found
 
     def check(self) -> None:

@@ -10,7 +10,6 @@ Followers are taken in pages of ``FOLLOWER_BATCH``, one transaction each.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 
 from protocol import CommandError, ErrorCode, jsonvalue
@@ -25,8 +24,6 @@ from .metrics import Metrics
 from .preferences import Preferences
 from .publisher import Publisher
 from .store_calls import StoreCalls
-
-log = logging.getLogger(__name__)
 
 FOLLOWER_BATCH = 5000
 MAX_NAMED = 20  # configured types an error lists
