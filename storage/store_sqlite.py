@@ -423,7 +423,7 @@ _CLAIM_DEDUPE = (
 )
 _ADD_BATCH_NOTIFICATIONS = (
     "INSERT INTO notifications (user_id, type, data, actor, ts, read, dedupe_key)"
-    " SELECT value, ?, ?, ?, ?, 0, ? FROM json_each(?)"
+    " SELECT value, ?, ?, ?, ?, 0, ? FROM json_each(?) ORDER BY key"
     f" RETURNING {_NOTIFICATION_COLUMNS}"
 )
 _ADD_DELIVERY = (
