@@ -31,7 +31,8 @@ from .wsclient import RealtimeClient
 SETUP_TIMEOUT = 1800.0
 CALL_TIMEOUT = 30.0
 DRAIN_POLL = 0.1
-KIND = "loadtest"
+# One of the default notification types (config.toml), so a stock server takes it.
+KIND = "post_liked"
 SAMPLED = 3
 
 

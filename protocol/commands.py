@@ -9,7 +9,7 @@ command dataclass. A message that is not a command at all (not a map, no usable
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final, get_args
 
@@ -168,11 +168,17 @@ class NotificationsQuery:
     after: int | None = None
     limit: int = DEFAULT_LIMIT
     unread: bool = False
+    archived: bool = False
+    """List the archived ones (and only those)."""
 
     @classmethod
     def parse(cls, args: _Args, command_id: int | None) -> NotificationsQuery:
         return cls(
-            command_id, args.integer("after"), args.limit(), args.boolean("unread", default=False)
+            command_id,
+            args.integer("after"),
+            args.limit(),
+            args.boolean("unread", default=False),
+            args.boolean("archived", default=False),
         )
 
 
@@ -191,13 +197,79 @@ class NotificationsRead:
             raise args.error("give 'ids' (a list of notification ids) or 'up_to' (an id)")
         if ids_value is None:
             return cls(command_id, up_to=up_to)
-        if (
-            not isinstance(ids_value, list)
-            or len(ids_value) > MAX_READ_IDS
-            or not all(type(i) is int and 0 < i <= MAX_ID for i in ids_value)
-        ):
-            raise args.error(f"'ids' must be a list of at most {MAX_READ_IDS} positive integers")
-        return cls(command_id, ids=tuple(ids_value))
+        return cls(command_id, ids=args.ids())
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsReadAll:
+    op: ClassVar[str] = "notifications.read_all"
+    id: int | None
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> NotificationsReadAll:
+        return cls(command_id)
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsSeen:
+    """The user opened the list: every notification up to an id is seen."""
+
+    op: ClassVar[str] = "notifications.seen"
+    id: int | None
+    up_to: int
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> NotificationsSeen:
+        return cls(command_id, args.required_integer("up_to"))
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsArchive:
+    op: ClassVar[str] = "notifications.archive"
+    id: int | None
+    ids: tuple[int, ...]
+    archived: bool = True
+    """False brings them back to the inbox."""
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> NotificationsArchive:
+        if args.raw("ids") is None:
+            raise args.error("'ids' (a list of notification ids) is required")
+        return cls(command_id, args.ids(), args.boolean("archived", default=True))
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencesQuery:
+    op: ClassVar[str] = "preferences"
+    id: int | None
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> PreferencesQuery:
+        return cls(command_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencesSet:
+    """Replace the user's notification preferences (all but ``email``).
+
+    ``document`` is the decoded map; the server checks it against the preferences
+    schema (the same as REST's), which needs the configured types.
+    """
+
+    op: ClassVar[str] = "preferences.set"
+    id: int | None
+    document: Mapping[str, object]
+
+    @classmethod
+    def parse(cls, args: _Args, command_id: int | None) -> PreferencesSet:
+        document = args.raw("preferences")
+        if not isinstance(document, dict):
+            raise args.error("'preferences' (a map, the whole document) is required")
+        if document.get("email") is not None:
+            raise CommandError(
+                ErrorCode.FORBIDDEN, f"{cls.op}: 'email' is set by the app's backend over REST"
+            )
+        return cls(command_id, {str(key): value for key, value in document.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +361,11 @@ Command = (
     | Ping
     | PushSubscribe
     | PushUnsubscribe
+    | NotificationsReadAll
+    | NotificationsSeen
+    | NotificationsArchive
+    | PreferencesQuery
+    | PreferencesSet
 )
 
 COMMAND_TYPES: Final[tuple[type[Command], ...]] = get_args(Command)
@@ -417,6 +494,16 @@ class _Args:
 
     def raw(self, key: str) -> object:
         return self._data.get(key)
+
+    def ids(self, key: str = "ids") -> tuple[int, ...]:
+        value = self._data.get(key)
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_READ_IDS
+            or not all(type(i) is int and 0 < i <= MAX_ID for i in value)
+        ):
+            raise self.error(f"'{key}' must be a list of at most {MAX_READ_IDS} positive integers")
+        return tuple(value)
 
     def present(self, key: str) -> bool:
         return key in self._data

@@ -8,7 +8,7 @@ parses it once). Codecs call ``to_wire``; nothing else needs to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,9 +57,11 @@ class NotificationItem:
     actor: str | None
     ts: int
     read: bool = False
+    seen: bool = False
+    archived: bool = False
 
     def fields(self, embed: Embed) -> WireMap:
-        return {
+        wire: WireMap = {
             "id": self.id,
             "type": self.type,
             "data": embed(self.data_json),
@@ -67,6 +69,12 @@ class NotificationItem:
             "ts": self.ts,
             "read": self.read,
         }
+        # Present only when true, like a message's client_id: a new one has neither.
+        if self.seen:
+            wire["seen"] = True
+        if self.archived:
+            wire["archived"] = True
+        return wire
 
 
 # Pushes -------------------------------------------------------------------------------
@@ -269,11 +277,15 @@ class UsersResult:
 class NotificationsResult:
     items: Sequence[NotificationItem]
     unread_count: int
+    unread_by_type: Mapping[str, int] = field(default_factory=dict)
+    unseen_count: int = 0
 
     def to_wire(self, embed: Embed) -> WireMap:
         return {
             "items": [i.fields(embed) for i in self.items],
             "unread_count": self.unread_count,
+            "unread_by_type": dict(self.unread_by_type),
+            "unseen_count": self.unseen_count,
         }
 
 
@@ -283,6 +295,24 @@ class UnreadResult:
 
     def to_wire(self, embed: Embed) -> WireMap:
         return {"unread_count": self.unread_count}
+
+
+@dataclass(frozen=True, slots=True)
+class UnseenResult:
+    unseen_count: int
+
+    def to_wire(self, embed: Embed) -> WireMap:
+        return {"unseen_count": self.unseen_count}
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencesResult:
+    """A user's notification preferences: the whole document, as the server keeps it."""
+
+    document: Mapping[str, object]
+
+    def to_wire(self, embed: Embed) -> WireMap:
+        return dict(self.document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +333,8 @@ Result = (
     | UsersResult
     | NotificationsResult
     | UnreadResult
+    | UnseenResult
+    | PreferencesResult
     | RefreshResult
 )
 

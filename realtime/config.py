@@ -310,6 +310,86 @@ class WebhookSettings:
         _at_least("webhook.timeout", self.timeout, 0.1)
 
 
+# Notifications (issue 10, inbox): types and what the inbox does with them ----------
+
+CHANNELS = ("in_app", "push", "email")
+"""Channels a notification type and a user's preferences speak of."""
+TYPE_NAME = r"[A-Za-z0-9_.:-]{1,64}"
+"""A notification type's name (the REST ``type`` is at most 64 characters)."""
+
+
+def _all_channels() -> list[str]:
+    return list(CHANNELS)
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationTypeSettings:
+    """One ``[notifications.types.<name>]`` table (or ``[notifications.default_type]``)."""
+
+    channels: list[str] = field(default_factory=_all_channels)
+    # The data field whose value groups notifications into an email digest; "": none.
+    group: str = ""
+    # Cannot be muted: the global mute, per-type choices and quiet hours are ignored.
+    critical: bool = False
+    # The table's name, set by the loader (not a setting).
+    name: str = ""
+
+    def check(self, where: str) -> None:
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown or len(set(self.channels)) != len(self.channels):
+            raise ConfigError(
+                f"{where}.channels must name each of {list(CHANNELS)} at most once, "
+                f"got {self.channels!r}"
+            )
+
+
+def default_notification_types() -> dict[str, NotificationTypeSettings]:
+    """The six types of the social app; config.toml documents them."""
+    groups = {
+        "post_liked": "post_id",
+        "post_commented": "post_id",
+        "user_followed": "",
+        "user_mentioned": "post_id",
+        "friend_request": "",
+        "direct_message": "conversation_id",
+    }
+    return {
+        name: NotificationTypeSettings(group=group, name=name) for name, group in groups.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationSettings:
+    # True: a type not configured is accepted with the [notifications.default_type] rules.
+    free_types: bool = False
+    dedupe_window: float = 86400.0
+    # Used by the outbox: an online recipient gets the offline transports only if it has
+    # not read the notification within unread_delay; email within digest_window is merged.
+    unread_delay: float = 300.0
+    digest_window: float = 600.0
+    default_type: NotificationTypeSettings = field(default_factory=NotificationTypeSettings)
+    types: dict[str, NotificationTypeSettings] = field(default_factory=default_notification_types)
+
+    def type_settings(self, name: str) -> NotificationTypeSettings | None:
+        """The rules of type ``name``; None when it is unknown and types are not free."""
+        found = self.types.get(name)
+        if found is None and self.free_types:
+            found = self.default_type
+        if found is not None and found.name != name:  # built by hand, without its name
+            found = dataclasses.replace(found, name=name)
+        return found
+
+    def check(self) -> None:
+        _at_least("notifications.dedupe_window", self.dedupe_window, 0)
+        _at_least("notifications.unread_delay", self.unread_delay, 0)
+        _at_least("notifications.digest_window", self.digest_window, 0)
+        self.default_type.check("notifications.default_type")
+        for name, rules in self.types.items():
+            if not re.fullmatch(TYPE_NAME, name):
+                raise ConfigError(f"notifications.types.{name}: a type name is {TYPE_NAME}")
+            rules.check(f"notifications.types.{name}")
+
+
 def default_namespaces() -> dict[str, NamespaceSettings]:
     return {
         "swap": NamespaceSettings(join="members", send="members", presence=True, typing=True),
@@ -331,6 +411,7 @@ class Settings:
     webpush: WebPushSettings = field(default_factory=WebPushSettings)
     email: EmailSettings = field(default_factory=EmailSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     def check(self, *, auth: bool = True) -> None:
         self.server.check()
@@ -352,6 +433,7 @@ class Settings:
         self.webpush.check()
         self.email.check()
         self.webhook.check()
+        self.notifications.check()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -365,6 +447,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "webpush": WebPushSettings,
     "email": EmailSettings,
     "webhook": WebhookSettings,
+    "notifications": NotificationSettings,
 }
 
 
@@ -393,8 +476,11 @@ def load_settings(
             raise ConfigError(f"unknown section [{key}] (known: {', '.join(_known_sections())})")
     _apply_environment(sections, env)
     values: dict[str, Any] = {
-        name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()
+        name: _build(cls, sections[name], name)
+        for name, cls in _SECTIONS.items()
+        if name not in _NESTED
     }
+    values["notifications"] = _notifications(sections["notifications"])
     values["namespaces"] = _namespaces(raw.get("namespaces"))
     settings = Settings(**values)
     settings.check(auth=auth)
@@ -421,6 +507,47 @@ def _namespaces(raw: object) -> dict[str, NamespaceSettings]:
         merged.update(table)
         namespaces[name] = _build(NamespaceSettings, merged, f"namespaces.{name}")
     return namespaces
+
+
+# Sections with tables inside, built by hand; the environment sets their plain keys.
+_NESTED = frozenset({"notifications"})
+_NOTIFICATION_TABLES = ("types", "default_type")
+
+
+def _notifications(table: dict[str, Any]) -> NotificationSettings:
+    flat = {k: v for k, v in table.items() if k not in _NOTIFICATION_TABLES}
+    built: NotificationSettings = _build(NotificationSettings, flat, "notifications")
+    default = _notification_type(
+        table.get("default_type", {}), NotificationTypeSettings(), "notifications.default_type"
+    )
+    raw_types = table.get("types", {})
+    if not isinstance(raw_types, dict):
+        raise ConfigError(
+            "notifications.types must be a table of [notifications.types.<name>] tables"
+        )
+    # The file adds types and changes defaults; the six defaults always exist.
+    types = default_notification_types()
+    for name, rules in raw_types.items():
+        base = types.get(name, NotificationTypeSettings())
+        types[name] = dataclasses.replace(
+            _notification_type(rules, base, f"notifications.types.{name}"), name=name
+        )
+    return dataclasses.replace(built, default_type=default, types=types)
+
+
+def _notification_type(
+    table: object, base: NotificationTypeSettings, where: str
+) -> NotificationTypeSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    if "name" in table:  # the table's own name says it
+        raise ConfigError(
+            f"unknown setting {where}.name (known in [{where}]: channels, critical, group)"
+        )
+    merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "name"}
+    merged.update(table)
+    built: NotificationTypeSettings = _build(NotificationTypeSettings, merged, where)
+    return dataclasses.replace(built, name=base.name)
 
 
 def _apply_environment(sections: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:

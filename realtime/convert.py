@@ -24,6 +24,8 @@ def to_item(notification: Notification) -> NotificationItem:
         notification.actor,
         notification.ts,
         notification.read,
+        notification.seen,
+        notification.archived,
     )
 
 

@@ -67,6 +67,9 @@ EVENT_TYPES: Final[tuple[type[Event], ...]] = get_args(Event)
 _KIND: Final[dict[type[Event], int]] = {event: kind for kind, event in enumerate(EVENT_TYPES)}
 
 
+_ITEM_FIELDS_BEFORE_STATES: Final = 6  # NotificationItem up to ``read``
+
+
 class EventFormatError(ValueError):
     """Bytes from the broker that are not an event of this version."""
 
@@ -86,6 +89,10 @@ def unpack_event(data: bytes) -> tuple[str, Event]:
 def _fields(event: Event) -> tuple[object, ...]:
     """An event's fields in order; a push that wraps a record travels as the record's."""
     match event:
+        case NotificationPush(item=record) if not (record.seen or record.archived):
+            # A new notification is neither: without those two fields it travels as it
+            # did before they existed, so instances of both versions read it.
+            return _values(record)[:_ITEM_FIELDS_BEFORE_STATES]
         case MessagePush(message=record) | NotificationPush(item=record):
             return _values(record)
         case TypingPush() | PresencePush() | ReadPush() | UserDisconnect() | MembershipChange():

@@ -92,6 +92,17 @@ class Metrics:
             "Notifications stored by this instance.",
             registry=r,
         )
+        # The inbox (issue 10): what notify did beyond storing.
+        self.notifications_deduplicated = Counter(
+            "realtime_notifications_deduplicated",
+            "Recipients skipped because they had the notification's dedupe_key already.",
+            registry=r,
+        )
+        self.deliveries_queued = Counter(
+            "realtime_deliveries_queued",
+            "Delivery jobs (push, email) queued for the outbox with their notifications.",
+            registry=r,
+        )
         self.gap_fills = Counter(
             "realtime_gap_fills", "Reads of missed room messages from the store.", registry=r
         )

@@ -58,7 +58,7 @@ from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
-from .upkeep import check_tails, retain
+from .upkeep import check_tails, forget_dedupe_keys, retain
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Node:
         self.membership = Membership(
             store, stored, self.policy, publisher, self.hub, self.joins, self.tasks
         )
-        self.notices = Notices(store, stored, publisher, self.metrics)
+        self.notices = Notices(store, stored, publisher, self.metrics, settings)
         self.push = PushSubscriptions(settings.webpush, store, stored)
         self._publisher = publisher
         self._loops = TaskSet()
@@ -117,6 +117,9 @@ class Node:
         self._loops.spawn(self.clients.heartbeat(), "heartbeat")
         self._loops.spawn(self.typing.expire(), "typing-expiry")
         self._loops.spawn(retain(self.store, settings), "retention")
+        self._loops.spawn(
+            forget_dedupe_keys(self.store, settings.storage.retention_interval), "dedupe-expiry"
+        )
         interval = settings.delivery.tail_check_interval
         self._loops.spawn(check_tails(self.store, self.hub, interval), "tail-check")
 

@@ -20,7 +20,7 @@ ERROR_TEXT = {
     ErrorCode.BAD_REQUEST: "Invalid input",
     ErrorCode.UNAUTHORIZED: "Missing or wrong service key",
     ErrorCode.FORBIDDEN: "Refused",
-    ErrorCode.NOT_FOUND: "Unknown namespace",
+    ErrorCode.NOT_FOUND: "Unknown namespace, or no such notification of the user",
     ErrorCode.TOO_LARGE: "Body above the namespace's or the server's limit",
     ErrorCode.RATE_LIMITED: "Too many requests",
     ErrorCode.UNAVAILABLE: "Storage or broker down; nothing was done",

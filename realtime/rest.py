@@ -27,16 +27,20 @@ from .errors import CODE_FOR_STATUS, STATUS, error_response, json_error
 from .metrics import CONTENT_TYPE
 from .node import Node
 from .openapi import openapi_document
+from .preferences import Preferences
 from .rest_types import (
+    ArchiveRequest,
     DisconnectRequest,
     Endpoint,
     HistoryQuery,
     Limit,
+    NotificationId,
     NotifyRequest,
     PublishRequest,
     PushSubscriptionRequest,
     ReadRequest,
     RoomName,
+    SeenRequest,
     Seq,
     UserId,
 )
@@ -141,6 +145,7 @@ async def post_notification(node: Node, body: InBody[NotifyRequest]) -> dict[str
         type=body.type,
         data_json=body.data,
         actor=body.actor,
+        dedupe_key=body.dedupe_key,
     )
     return {"recipients": recipients}
 
@@ -151,8 +156,11 @@ async def get_notifications(
     after: InQuery[Annotated[Seq | None, Doc("Only ids above this; else the latest.")]] = None,
     limit: InQuery[Limit] = DEFAULT_LIMIT,
     unread: InQuery[Annotated[bool, Doc("Only unread ones.")]] = False,
+    archived: InQuery[Annotated[bool, Doc("The archived ones (and only those).")]] = False,
 ) -> NotificationsResult:
-    return await node.notices.list(user, after=after, limit=min(limit, MAX_LIMIT), unread=unread)
+    return await node.notices.list(
+        user, after=after, limit=min(limit, MAX_LIMIT), unread=unread, archived=archived
+    )
 
 
 async def post_notifications_read(
@@ -190,6 +198,39 @@ async def get_push_subscriptions(node: Node, user: InPath[UserId]) -> dict[str, 
 
 async def get_vapid_public_key(node: Node) -> dict[str, Any]:
     return {"public_key": node.push.public_key}
+
+
+async def post_notifications_read_all(node: Node, user: InPath[UserId]) -> dict[str, Any]:
+    return {"unread_count": await node.notices.mark_all_read(user)}
+
+
+async def put_notification_read(
+    node: Node, user: InPath[UserId], id: InPath[NotificationId]
+) -> None:
+    await node.notices.mark_one_read(user, id)
+
+
+async def post_notifications_seen(
+    node: Node, user: InPath[UserId], body: InBody[SeenRequest]
+) -> dict[str, Any]:
+    return {"unseen_count": await node.notices.mark_seen(user, up_to=body.up_to)}
+
+
+async def post_notifications_archive(
+    node: Node, user: InPath[UserId], body: InBody[ArchiveRequest]
+) -> dict[str, Any]:
+    count = await node.notices.archive(user, body.ids, archived=body.archived)
+    return {"unread_count": count}
+
+
+async def get_preferences(node: Node, user: InPath[UserId]) -> dict[str, Any]:
+    return (await node.notices.preferences(user)).to_wire()
+
+
+async def put_preferences(
+    node: Node, user: InPath[UserId], body: InBody[Preferences]
+) -> dict[str, Any]:
+    return (await node.notices.set_preferences(user, body)).to_wire()
 
 
 NO_REASON = DisconnectRequest()
@@ -362,6 +403,54 @@ ROUTES: tuple[Route, ...] = (
         (Reply(200, "The key.", rt.VapidPublicKey),),
         (E.NOT_FOUND,),
         service_key=False,
+    ),
+    Route(
+        "POST",
+        f"{API}/users/{{user}}/notifications/read_all",
+        post_notifications_read_all,
+        "Mark every notification of the user read.",
+        (Reply(200, "The unread count after marking.", rt.UnreadCount),),
+        USER,
+    ),
+    Route(
+        "PUT",
+        f"{API}/users/{{user}}/notifications/{{id}}/read",
+        put_notification_read,
+        "Mark one notification read (404 when the user has no such notification).",
+        NO_CONTENT,
+        (E.BAD_REQUEST, E.NOT_FOUND, E.UNAVAILABLE),
+    ),
+    Route(
+        "POST",
+        f"{API}/users/{{user}}/notifications/seen",
+        post_notifications_seen,
+        "Mark every notification up to an id seen (the user opened the list).",
+        (Reply(200, "The unseen count after marking.", rt.UnseenCount),),
+        WITH_BODY,
+    ),
+    Route(
+        "POST",
+        f"{API}/users/{{user}}/notifications/archive",
+        post_notifications_archive,
+        "Archive notifications (left out of lists and counts unless asked), or bring them back.",
+        (Reply(200, "The unread count after archiving.", rt.UnreadCount),),
+        WITH_BODY,
+    ),
+    Route(
+        "GET",
+        f"{API}/users/{{user}}/preferences",
+        get_preferences,
+        "The user's notification preferences (the defaults until set).",
+        (Reply(200, "The preferences document.", Preferences),),
+        USER,
+    ),
+    Route(
+        "PUT",
+        f"{API}/users/{{user}}/preferences",
+        put_preferences,
+        "Replace the user's notification preferences; answers the document kept.",
+        (Reply(200, "The preferences document.", Preferences),),
+        WITH_BODY,
     ),
     Route(
         "POST",

@@ -29,6 +29,8 @@ MAX_NOTIFY_USERS = 10_000
 """Recipients one ``POST /notifications`` may list in ``to``."""
 MAX_TYPE = 64
 """Characters of a notification's ``type``."""
+MAX_DEDUPE_KEY = 128
+"""Characters of a notification's ``dedupe_key``."""
 
 # Values --------------------------------------------------------------------------------
 
@@ -89,13 +91,30 @@ class HistoryQuery:
 class NotifyRequest:
     """A notification for the listed users, or for every follower of one user."""
 
-    type: Annotated[str, Length(1, MAX_TYPE), Doc("like, comment, follow, mention, ...")]
+    type: Annotated[
+        str,
+        Length(1, MAX_TYPE),
+        Doc(
+            "A configured type (post_liked, post_commented, user_followed, user_mentioned, "
+            "friend_request, direct_message, or the operator's own); an unknown one is "
+            "refused unless notifications.free_types is on."
+        ),
+        Example("post_liked"),
+    ]
     to: Annotated[tuple[UserId, ...] | None, Items(1, MAX_NOTIFY_USERS), Doc("The recipients.")] = (
         None
     )
     followers_of: Annotated[UserId | None, Doc("Every follower of this user.")] = None
     data: JsonText = "null"
     actor: Annotated[UserId | None, Doc("Who caused it.")] = None
+    dedupe_key: Annotated[
+        str | None,
+        Length(1, MAX_DEDUPE_KEY),
+        Doc(
+            "Idempotency key: a recipient that got a notification with the same key within "
+            "notifications.dedupe_window gets nothing new and is not counted."
+        ),
+    ] = None
 
     rules: ClassVar[tuple[OneOf, ...]] = (OneOf(("to", "followers_of")),)
 
@@ -108,6 +127,21 @@ class ReadRequest:
     up_to: Annotated[Seq | None, Doc("Every notification with an id up to this one.")] = None
 
     rules: ClassVar[tuple[OneOf, ...]] = (OneOf(("ids", "up_to")),)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """The user opened the list: every notification up to an id is seen."""
+
+    up_to: Seq
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRequest:
+    """Archive notifications (out of the inbox), or bring them back."""
+
+    ids: Annotated[tuple[NotificationId, ...], Items(1, MAX_READ_IDS)]
+    archived: Annotated[bool, Doc("false brings them back.")] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +203,14 @@ class Users(TypedDict):
 
 
 class Recipients(TypedDict):
-    recipients: Annotated[int, Doc("How many users it was stored for.")]
+    recipients: Annotated[
+        int,
+        Doc(
+            "How many users it reached: stored for them, or queued for push or email. "
+            "Users whose preferences turn every channel off, and repeats of a dedupe_key, "
+            "do not count."
+        ),
+    ]
 
 
 class Notification(TypedDict):
@@ -179,15 +220,23 @@ class Notification(TypedDict):
     actor: str | None
     ts: Ms
     read: bool
+    seen: NotRequired[Annotated[bool, Doc("Present (true) once the user has seen it.")]]
+    archived: NotRequired[Annotated[bool, Doc("Present (true) when it is archived.")]]
 
 
 class NotificationPage(TypedDict):
     items: list[Notification]
-    unread_count: int
+    unread_count: Annotated[int, Doc("Unread ones in the inbox (archived ones left out).")]
+    unread_by_type: Annotated[dict[str, int], Doc("The unread count of each type that has any.")]
+    unseen_count: Annotated[int, Doc("Ones in the inbox the user has not seen.")]
 
 
 class UnreadCount(TypedDict):
     unread_count: int
+
+
+class UnseenCount(TypedDict):
+    unseen_count: int
 
 
 class Health(TypedDict):

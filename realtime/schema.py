@@ -79,6 +79,15 @@ class Doc:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Choices:
+    """A ``str`` that is one of ``values`` (a set too long to list in an error)."""
+
+    values: tuple[str, ...]
+    label: str
+    """What an error calls such a string: "an IANA time zone name"."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Example:
     """A value to show (and for a fuzzer to start from)."""
 
@@ -296,9 +305,13 @@ def _json_value(schemas: Components) -> Schema:
 @dataclasses.dataclass(frozen=True)
 class ChoiceSpec(Spec):
     values: tuple[str | int | bool, ...] = ()
+    named: str | None = None
+    """The label, for a list too long to spell out."""
 
     @property
     def label(self) -> str:
+        if self.named is not None:
+            return self.named
         return "one of " + ", ".join(map(repr, self.values))
 
     def bare(self, schemas: Components) -> Schema:
@@ -354,17 +367,30 @@ class ListSpec(Spec):
 @dataclasses.dataclass(frozen=True)
 class MapSpec(Spec):
     value: Spec = dataclasses.field(default_factory=JsonSpec)
+    key: Spec | None = None
+    """What the keys must be (a string spec); None: any string."""
 
     @property
     def label(self) -> str:
         return f"an object of {self.value.label}"
 
     def bare(self, schemas: Components) -> Schema:
-        return {"type": "object", "additionalProperties": self.value.schema(schemas)}
+        described: Schema = {"type": "object", "additionalProperties": self.value.schema(schemas)}
+        if self.key is not None:
+            described["propertyNames"] = self.key.schema(schemas)
+        return described
 
     def read(self, value: object, name: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise _bad(f"'{name}' must be {self.label}")
+        if self.key is not None:
+            for key in value:
+                try:
+                    self.key.read(key, name)
+                except CommandError:
+                    raise _bad(
+                        f"'{name}' has the key {_show(key)}: keys must be {self.key.label}"
+                    ) from None
         return {key: self.value.read(item, f"{name}.{key}") for key, item in value.items()}
 
 
@@ -428,7 +454,11 @@ class ObjectSpec(Spec):
         doc = _docstring(self.cls)
         if doc:
             described["description"] = doc
-        described["properties"] = {f.name: field_schema(f, schemas, text=text) for f in self.fields}
+        # An input's optional field may be null (meaning its default): say so.
+        nullable = not text and dataclasses.is_dataclass(self.cls)
+        described["properties"] = {
+            f.name: field_schema(f, schemas, text=text, nullable=nullable) for f in self.fields
+        }
         required = [f.name for f in self.fields if f.required]
         if required:
             described["required"] = required
@@ -462,9 +492,14 @@ class ObjectSpec(Spec):
         return self.cls(**values)
 
 
-def field_schema(f: Field, schemas: Components, *, text: bool = False) -> Schema:
-    """A field's schema with its default; ``text``: as a query parameter (no null)."""
+def field_schema(
+    f: Field, schemas: Components, *, text: bool = False, nullable: bool = False
+) -> Schema:
+    """A field's schema with its default; ``text``: as a query parameter (no null);
+    ``nullable``: an optional field takes null too (as ``read_fields`` does)."""
     spec = f.spec
+    if nullable and not f.required and not isinstance(spec, NullableSpec | JsonSpec):
+        spec = NullableSpec(inner=spec)
     if text and isinstance(spec, NullableSpec):
         spec = dataclasses.replace(
             spec.inner,
@@ -561,12 +596,20 @@ def _spec_of_bare(annotation: Any, markers: tuple[object, ...]) -> Spec:
         items = _marker(markers, Items) or Items()
         return ListSpec(item=spec_of(args[0]), items=items)
     if origin is dict:
-        if args[0] is not str:
-            raise TypeError(f"only dict[str, X] is described, not {annotation}")
-        return MapSpec(value=spec_of(args[1]))
+        if args[0] is str:
+            return MapSpec(value=spec_of(args[1]))
+        key = spec_of(args[0])
+        if not isinstance(key, StrSpec | ChoiceSpec) or not all(
+            isinstance(v, str) for v in getattr(key, "values", ())
+        ):
+            raise TypeError(f"only dict[str, X] (str narrowed) is described, not {annotation}")
+        return MapSpec(value=spec_of(args[1]), key=key)
     if annotation is str:
         if ANY_JSON in markers:
             return JsonSpec()
+        choices = _marker(markers, Choices)
+        if choices is not None:
+            return ChoiceSpec(values=choices.values, named=choices.label)
         return StrSpec(
             pattern=_marker(markers, Pattern), length=_marker(markers, Length) or Length()
         )

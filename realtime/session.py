@@ -19,9 +19,14 @@ from protocol.commands import (
     History,
     Join,
     Leave,
+    NotificationsArchive,
     NotificationsQuery,
     NotificationsRead,
+    NotificationsReadAll,
+    NotificationsSeen,
     Ping,
+    PreferencesQuery,
+    PreferencesSet,
     PresenceQuery,
     PushSubscribe,
     PushUnsubscribe,
@@ -38,10 +43,12 @@ from protocol.outgoing import (
     ErrorReply,
     JoinResult,
     OkReply,
+    PreferencesResult,
     RefreshResult,
     Result,
     RoomFailure,
     UnreadResult,
+    UnseenResult,
     UsersResult,
 )
 
@@ -50,6 +57,7 @@ from .clients import TooManyConnections
 from .connection import Connection
 from .convert import user_room
 from .node import Node
+from .preferences import read as read_preferences
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +292,30 @@ class Session:
             case PresenceQuery(room=room):
                 users = await node.joins.presence(conn.user, room, joined=conn.in_room(room))
                 return UsersResult(users)
-            case NotificationsQuery(after=after, limit=limit, unread=unread):
-                return await node.notices.list(conn.user, after=after, limit=limit, unread=unread)
+            case NotificationsQuery(after=after, limit=limit, unread=unread, archived=archived):
+                return await node.notices.list(
+                    conn.user, after=after, limit=limit, unread=unread, archived=archived
+                )
             case NotificationsRead(ids=ids, up_to=up_to):
                 count = await node.notices.mark_read(conn.user, ids=ids, up_to=up_to)
                 return UnreadResult(count)
+            case NotificationsReadAll():
+                return UnreadResult(await node.notices.mark_all_read(conn.user))
+            case NotificationsSeen(up_to=up_to):
+                return UnseenResult(await node.notices.mark_seen(conn.user, up_to=up_to))
+            case NotificationsArchive(ids=ids, archived=archived):
+                count = await node.notices.archive(conn.user, ids, archived=archived)
+                return UnreadResult(count)
+            case PreferencesQuery():
+                found = await node.notices.preferences(conn.user)
+                return PreferencesResult(found.to_wire())
+            case PreferencesSet(document=document):
+                try:
+                    wanted = read_preferences(document)
+                except CommandError as error:
+                    raise CommandError(error.code, f"{command.op}: {error.message}") from None
+                kept = await node.notices.set_preferences(conn.user, wanted, keep_email=True)
+                return PreferencesResult(kept.to_wire())
             case Refresh(token=token):
                 return self._refresh(token)
             case PushSubscribe(endpoint=endpoint, p256dh=p256dh, auth=auth):

@@ -1,4 +1,4 @@
-"""Periodic upkeep owned by the node: history retention and tail checks."""
+"""Periodic upkeep owned by the node: history retention, tail checks, dedupe keys."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ async def retain(store: Store, settings: Settings) -> None:
                 continue
             if deleted:
                 log.info("retention removed %d messages of %s:*", deleted, name)
+
+
+async def forget_dedupe_keys(store: Store, interval: float) -> None:
+    """Delete notification dedupe keys whose window has ended (they block nothing)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            deleted = await store.forget_dedupe_keys(before_ms=now_ms())
+        except StorageError as error:
+            log.warning("forgetting expired dedupe keys failed, retrying later: %s", error)
+            continue
+        if deleted:
+            log.info("forgot %d expired notification dedupe keys", deleted)

@@ -15,11 +15,14 @@ from pathlib import Path
 
 from storage.store import (
     Appended,
+    Delivery,
     HistoryPage,
     NewMessage,
     Notification,
+    NotificationBatch,
     NotificationPage,
     PushSubscription,
+    Recipient,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -31,12 +34,15 @@ from storage.store_sqlite import SqliteStore
 
 __all__ = [
     "Appended",
+    "Delivery",
     "HistoryPage",
     "NewMessage",
     "Notification",
+    "NotificationBatch",
     "NotificationPage",
     "PostgresStore",
     "PushSubscription",
+    "Recipient",
     "Recovery",
     "SqliteStore",
     "StorageError",

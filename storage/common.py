@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
+
+from storage.store import Notification, NotificationPage, Recipient
 
 # Stand-ins for "no limit" in prune, so that its SQL stays one constant string.
 NO_CUTOFF: Final = -(2**62)
@@ -39,3 +42,24 @@ def prune_arguments(
     cutoff = NO_CUTOFF if older_than_ms is None else older_than_ms
     keep = KEEP_ALL if keep_last is None else keep_last
     return namespace + ":", namespace + ";", cutoff, keep, chunk
+
+
+def first_per_user(recipients: Sequence[Recipient]) -> list[Recipient]:
+    """One entry per user (the first given), sorted by user."""
+    first: dict[str, Recipient] = {}
+    for recipient in recipients:
+        first.setdefault(recipient.user, recipient)
+    return [first[user] for user in sorted(first)]
+
+
+def page_from_counts(
+    items: list[Notification], counts: Sequence[Sequence[Any]]
+) -> NotificationPage:
+    """A page from its items and the (type, unread, unseen) rows of the counts query."""
+    by_type = {row[0]: row[1] for row in counts if row[1]}
+    return NotificationPage(
+        items=items,
+        unread_count=sum(by_type.values()),
+        unread_by_type=by_type,
+        unseen_count=sum(row[2] for row in counts),
+    )

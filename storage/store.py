@@ -12,6 +12,9 @@ Every implementation promises, and ``tests/storage/test_store_contract.py`` chec
   when its history is lost (a new database).
 - ``set_read`` never moves a read mark back.
 - Notification ids grow over time, across recipients.
+- ``add_notification_batch`` stores the notifications and their delivery jobs in
+  one transaction: both or neither. A repeat of ``(user, dedupe_key)`` within its
+  window stores and queues nothing for that user; the database enforces it.
 - When the database cannot be reached or does not answer in time, every call raises
   ``StorageUnavailable`` and nothing was done. The one exception is an ``append``
   whose commit was already sent when the connection broke: it may have been stored.
@@ -27,7 +30,7 @@ idempotency key of system messages and for "from the start" in follower paging.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -88,12 +91,60 @@ class Notification:
     actor: str | None
     ts: int
     read: bool
+    seen: bool = False
+    archived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationPage:
+    """A page of the inbox; the counts leave archived notifications out."""
+
     items: list[Notification]
     unread_count: int
+    unread_by_type: dict[str, int] = field(default_factory=dict)
+    unseen_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient of a notification, with what its preferences allow."""
+
+    user: str
+    in_app: bool = True
+    """Store it (it is listed and pushed)."""
+    transports: tuple[str, ...] = ()
+    """One delivery job each: 'webpush', 'webhook' or 'email'."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationBatch:
+    stored: list[Notification]
+    """The notifications stored, sorted by user."""
+    reached: list[str]
+    """Recipients that got it stored or queued, sorted (a repeated dedupe_key: not)."""
+    deliveries: int
+    """Delivery jobs queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbox job: a notification to deliver to one user on one transport."""
+
+    id: int
+    user: str
+    transport: str
+    notification_id: int | None
+    type: str
+    data: str
+    actor: str | None
+    group_key: str | None
+    created_at: int
+    due_at: int
+    state: str
+    attempts: int
+    leased_until: int | None
+    last_error: str | None
+    finished_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,17 +264,19 @@ class Store(Protocol):
         """
 
     async def notifications(
-        self, user: str, *, after: int | None, limit: int, unread_only: bool
+        self, user: str, *, after: int | None, limit: int, unread_only: bool, archived: bool = False
     ) -> NotificationPage:
-        """The user's notifications with id > after, ascending, and the unread count.
+        """The user's notifications with id > after, ascending, and the counts.
 
-        With no ``after``, the latest ``limit`` (still ascending).
+        With no ``after``, the latest ``limit`` (still ascending). Archived ones are
+        left out; ``archived=True`` lists only those. The counts (unread, unread per
+        type, unseen) are of the notifications not archived.
         """
 
     async def mark_notifications_read(
         self, user: str, *, ids: Sequence[int] | None = None, up_to: int | None = None
     ) -> int:
-        """Mark the listed ids, or all ids <= up_to, read; return the unread count.
+        """Mark the listed ids, or all ids <= up_to, read (and seen); return the unread count.
 
         Only the user's own notifications change. Not both; with neither, nothing
         changes and the count is returned.
@@ -247,3 +300,54 @@ class Store(Protocol):
 
     async def push_subscriptions(self, user: str) -> list[PushSubscription]:
         """The user's subscriptions, the most recently registered first."""
+
+    # Inbox: preferences, states, delivery jobs ----------------------------------------
+
+    async def add_notification_batch(
+        self,
+        recipients: Sequence[Recipient],
+        type: str,
+        data: str,
+        actor: str | None,
+        *,
+        group_key: str | None = None,
+        dedupe_key: str | None = None,
+        dedupe_window_ms: int = 0,
+    ) -> NotificationBatch:
+        """Store the notification for recipients with ``in_app`` and queue one delivery
+        job (``due_at`` now, ``notification_id`` the stored one or None) per recipient
+        per transport, all in one transaction.
+
+        With a ``dedupe_key``, a recipient that had the same key less than
+        ``dedupe_window_ms`` ago gets nothing and is not reached; the key is the
+        recipient's for the window from now on. A user repeated in ``recipients``
+        counts once (the first).
+        """
+
+    async def get_preferences(self, user: str) -> str | None:
+        """The user's preferences document (JSON text), or None when never set."""
+
+    async def preferences_of(self, users: Sequence[str]) -> dict[str, str]:
+        """The documents of the users that have one."""
+
+    async def set_preferences(self, user: str, doc: str) -> None:
+        """Replace the user's preferences document."""
+
+    async def mark_notification_read(self, user: str, id: int) -> bool:
+        """Mark one notification read (and seen); False when the user has no such id."""
+
+    async def mark_notifications_seen(self, user: str, *, up_to: int) -> int:
+        """Mark the user's ids <= up_to seen; return the unseen count."""
+
+    async def archive_notifications(
+        self, user: str, ids: Sequence[int], *, archived: bool = True
+    ) -> int:
+        """Archive (or bring back) the user's listed ids; return the unread count."""
+
+    async def deliveries(
+        self, *, user: str | None = None, state: str | None = None, limit: int
+    ) -> list[Delivery]:
+        """Delivery jobs by id, ascending, of one user and/or in one state."""
+
+    async def forget_dedupe_keys(self, *, before_ms: int) -> int:
+        """Delete dedupe keys whose window ended before ``before_ms``; how many went."""

@@ -47,15 +47,26 @@ from typing import Any, Final, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from storage.common import KEEP_ALL, check_limit, new_epoch, now_ms, prune_arguments
+from storage.common import (
+    KEEP_ALL,
+    check_limit,
+    first_per_user,
+    new_epoch,
+    now_ms,
+    page_from_counts,
+    prune_arguments,
+)
 from storage.migrate import load_migrations, migrate_postgres
 from storage.store import (
     Appended,
+    Delivery,
     HistoryPage,
     NewMessage,
     Notification,
+    NotificationBatch,
     NotificationPage,
     PushSubscription,
+    Recipient,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -128,7 +139,7 @@ async def _keep_session(conn: Any) -> None:
 # SQL: constant strings, so that asyncpg's statement cache prepares each once. --------
 
 _MESSAGE_COLUMNS = "room, seq, user_id, body, ts, client_id"
-_NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read"
+_NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read, seen, archived"
 
 _LATEST_SEQS = "SELECT room, last_seq FROM rooms WHERE room = ANY($1::text[])"
 _APPEND = "SELECT * FROM realtime_append($1, $2, $3, $4, $5, $6, $7)"
@@ -204,40 +215,106 @@ RETURNING {_NOTIFICATION_COLUMNS}
 # commit out of id order, and a reader paging with ``after`` would skip the late
 # one. Inserting under one transaction lock makes commit order id order.
 _LOCK_NOTIFICATION_IDS = "SELECT pg_advisory_xact_lock(7236021)"
+# The list queries take (user, archived, ...): archived ones are listed only when asked.
 _NOTIFICATIONS_AFTER = f"""
 SELECT {_NOTIFICATION_COLUMNS} FROM notifications
-WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3
+WHERE user_id = $1 AND archived = $2 AND id > $3 ORDER BY id LIMIT $4
 """
 _UNREAD_AFTER = f"""
 SELECT {_NOTIFICATION_COLUMNS} FROM notifications
-WHERE user_id = $1 AND NOT read AND id > $2 ORDER BY id LIMIT $3
+WHERE user_id = $1 AND NOT read AND archived = $2 AND id > $3 ORDER BY id LIMIT $4
 """
 _NOTIFICATIONS_LATEST = f"""
 SELECT {_NOTIFICATION_COLUMNS} FROM notifications
-WHERE user_id = $1 ORDER BY id DESC LIMIT $2
+WHERE user_id = $1 AND archived = $2 ORDER BY id DESC LIMIT $3
 """
 _UNREAD_LATEST = f"""
 SELECT {_NOTIFICATION_COLUMNS} FROM notifications
-WHERE user_id = $1 AND NOT read ORDER BY id DESC LIMIT $2
+WHERE user_id = $1 AND NOT read AND archived = $2 ORDER BY id DESC LIMIT $3
 """
-_UNREAD_COUNT = "SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read"
+_UNREAD_COUNT = (
+    "SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read AND NOT archived"
+)
+# Per type: unread, unseen (both partial indexes serve the OR).
+_COUNTS = """
+SELECT type, count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
+FROM notifications WHERE user_id = $1 AND NOT archived AND (NOT read OR NOT seen)
+GROUP BY type
+"""
 # The CTE's update is invisible to the outer count (same snapshot), hence the
 # subtraction: the unread count after this statement, in one round trip.
 _MARK_IDS_READ = """
 WITH marked AS (
-    UPDATE notifications SET read = true
-    WHERE user_id = $1 AND NOT read AND id = ANY($2::bigint[]) RETURNING 1
+    UPDATE notifications SET read = true, seen = true
+    WHERE user_id = $1 AND NOT read AND id = ANY($2::bigint[]) RETURNING archived
 )
-SELECT count(*) - (SELECT count(*) FROM marked)
-FROM notifications WHERE user_id = $1 AND NOT read
+SELECT count(*) - (SELECT count(*) FROM marked WHERE NOT archived)
+FROM notifications WHERE user_id = $1 AND NOT read AND NOT archived
 """
 _MARK_UP_TO_READ = """
 WITH marked AS (
-    UPDATE notifications SET read = true
-    WHERE user_id = $1 AND NOT read AND id <= $2 RETURNING 1
+    UPDATE notifications SET read = true, seen = true
+    WHERE user_id = $1 AND NOT read AND id <= $2 RETURNING archived
 )
-SELECT count(*) - (SELECT count(*) FROM marked)
-FROM notifications WHERE user_id = $1 AND NOT read
+SELECT count(*) - (SELECT count(*) FROM marked WHERE NOT archived)
+FROM notifications WHERE user_id = $1 AND NOT read AND NOT archived
+"""
+_MARK_ONE_READ = """
+UPDATE notifications SET read = true, seen = true WHERE user_id = $1 AND id = $2 RETURNING true
+"""
+_MARK_UP_TO_SEEN = """
+WITH marked AS (
+    UPDATE notifications SET seen = true
+    WHERE user_id = $1 AND NOT seen AND id <= $2 RETURNING archived
+)
+SELECT count(*) - (SELECT count(*) FROM marked WHERE NOT archived)
+FROM notifications WHERE user_id = $1 AND NOT seen AND NOT archived
+"""
+_ARCHIVE = """
+UPDATE notifications SET archived = $3 WHERE user_id = $1 AND id = ANY($2::bigint[])
+"""
+# A key within its window is a conflict whose update the WHERE refuses: no row comes
+# back for that user. A concurrent writer of the same key waits for the first to
+# commit and then sees its row (READ COMMITTED re-checks the WHERE on it).
+_CLAIM_DEDUPE = """
+INSERT INTO notification_dedupe AS d (user_id, dedupe_key, expires_at)
+SELECT u, $2, $3 FROM unnest($1::text[]) AS u ORDER BY u
+ON CONFLICT (user_id, dedupe_key) DO UPDATE SET expires_at = excluded.expires_at
+WHERE d.expires_at <= $4
+RETURNING d.user_id
+"""
+_ADD_BATCH_NOTIFICATIONS = f"""
+INSERT INTO notifications (user_id, type, data, actor, ts, read, dedupe_key)
+SELECT u, $2, $3, $4, $5, false, $6 FROM unnest($1::text[]) AS u ORDER BY u
+RETURNING {_NOTIFICATION_COLUMNS}
+"""
+_ADD_DELIVERIES = """
+INSERT INTO deliveries (user_id, transport, notification_id, type, data, actor, group_key,
+                        created_at, due_at)
+SELECT j.u, j.t, j.n, $4, $5, $6, $7, $8, $8
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS j(u, t, n)
+"""
+_DELIVERY_COLUMNS = (
+    "id, user_id, transport, notification_id, type, data, actor, group_key, created_at,"
+    " due_at, state, attempts, leased_until, last_error, finished_at"
+)
+_DELIVERIES = f"""
+SELECT {_DELIVERY_COLUMNS} FROM deliveries
+WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR state = $2)
+ORDER BY id LIMIT $3
+"""
+_FORGET_DEDUPE = """
+WITH doomed AS (
+    SELECT user_id, dedupe_key FROM notification_dedupe WHERE expires_at < $1 LIMIT $2
+)
+DELETE FROM notification_dedupe d USING doomed
+WHERE d.user_id = doomed.user_id AND d.dedupe_key = doomed.dedupe_key
+"""
+_GET_PREFERENCES = "SELECT doc FROM preferences WHERE user_id = $1"
+_PREFERENCES_OF = "SELECT user_id, doc FROM preferences WHERE user_id = ANY($1::text[])"
+_SET_PREFERENCES = """
+INSERT INTO preferences (user_id, doc, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at
 """
 
 _PUSH_COLUMNS = "endpoint, user_id, p256dh, auth, created_at"
@@ -283,7 +360,13 @@ def _notification(row: asyncpg.Record) -> Notification:
         actor=row["actor"],
         ts=row["ts"],
         read=row["read"],
+        seen=row["seen"],
+        archived=row["archived"],
     )
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(*row.values())
 
 
 @dataclass(eq=False, slots=True)
@@ -743,18 +826,20 @@ class PostgresStore:
         return sorted((_notification(row) for row in rows), key=lambda n: n.user)
 
     async def notifications(
-        self, user: str, *, after: int | None, limit: int, unread_only: bool
+        self, user: str, *, after: int | None, limit: int, unread_only: bool, archived: bool = False
     ) -> NotificationPage:
         check_limit(limit)
         async with self._connection() as conn:
             if after is not None:
                 sql = _UNREAD_AFTER if unread_only else _NOTIFICATIONS_AFTER
-                rows = await conn.fetch(sql, user, after, limit)
+                rows = await conn.fetch(sql, user, archived, after, limit)
             else:
                 sql = _UNREAD_LATEST if unread_only else _NOTIFICATIONS_LATEST
-                rows = list(reversed(await conn.fetch(sql, user, limit)))
-            unread: int = await conn.fetchval(_UNREAD_COUNT, user)
-        return NotificationPage(items=[_notification(row) for row in rows], unread_count=unread)
+                rows = list(reversed(await conn.fetch(sql, user, archived, limit)))
+            counts = await conn.fetch(_COUNTS, user)
+        return page_from_counts(
+            [_notification(row) for row in rows], [tuple(row) for row in counts]
+        )
 
     async def mark_notifications_read(
         self, user: str, *, ids: Sequence[int] | None = None, up_to: int | None = None
@@ -790,3 +875,102 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(_PUSH_OF_USER, user)
         return [PushSubscription(*row) for row in rows]
+
+    # Inbox: preferences, states, delivery jobs ---------------------------------------
+
+    async def add_notification_batch(
+        self,
+        recipients: Sequence[Recipient],
+        type: str,
+        data: str,
+        actor: str | None,
+        *,
+        group_key: str | None = None,
+        dedupe_key: str | None = None,
+        dedupe_window_ms: int = 0,
+    ) -> NotificationBatch:
+        unique = first_per_user(recipients)
+        if not unique:
+            return NotificationBatch([], [], 0)
+        now = self._clock()
+        async with self._connection() as conn, self._transaction(conn):
+            await conn.execute(_LOCK_NOTIFICATION_IDS)
+            if dedupe_key is not None:
+                users = [r.user for r in unique]
+                rows = await conn.fetch(
+                    _CLAIM_DEDUPE, users, dedupe_key, now + dedupe_window_ms, now
+                )
+                passed = {row[0] for row in rows}
+                unique = [r for r in unique if r.user in passed]
+            in_app = [r.user for r in unique if r.in_app]
+            stored: list[Notification] = []
+            if in_app:
+                rows = await conn.fetch(
+                    _ADD_BATCH_NOTIFICATIONS, in_app, type, data, actor, now, dedupe_key
+                )
+                stored = sorted((_notification(row) for row in rows), key=lambda n: n.user)
+            ids = {n.user: n.id for n in stored}
+            jobs = [(r.user, t, ids.get(r.user)) for r in unique for t in r.transports]
+            if jobs:
+                await conn.execute(
+                    _ADD_DELIVERIES,
+                    [j[0] for j in jobs],
+                    [j[1] for j in jobs],
+                    [j[2] for j in jobs],
+                    type,
+                    data,
+                    actor,
+                    group_key,
+                    now,
+                )
+        return NotificationBatch(stored, [r.user for r in unique], len(jobs))
+
+    async def get_preferences(self, user: str) -> str | None:
+        async with self._connection() as conn:
+            doc: str | None = await conn.fetchval(_GET_PREFERENCES, user)
+        return doc
+
+    async def preferences_of(self, users: Sequence[str]) -> dict[str, str]:
+        if not users:
+            return {}
+        async with self._connection() as conn:
+            rows = await conn.fetch(_PREFERENCES_OF, list(users))
+        return {row[0]: row[1] for row in rows}
+
+    async def set_preferences(self, user: str, doc: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_SET_PREFERENCES, user, doc, self._clock())
+
+    async def mark_notification_read(self, user: str, id: int) -> bool:
+        return await self._flag(_MARK_ONE_READ, user, id)
+
+    async def mark_notifications_seen(self, user: str, *, up_to: int) -> int:
+        async with self._connection() as conn:
+            unseen: int = await conn.fetchval(_MARK_UP_TO_SEEN, user, up_to)
+        return unseen
+
+    async def archive_notifications(
+        self, user: str, ids: Sequence[int], *, archived: bool = True
+    ) -> int:
+        async with self._connection() as conn, self._transaction(conn):
+            await conn.execute(_ARCHIVE, user, list(ids), archived)
+            unread: int = await conn.fetchval(_UNREAD_COUNT, user)
+        return unread
+
+    async def deliveries(
+        self, *, user: str | None = None, state: str | None = None, limit: int
+    ) -> list[Delivery]:
+        check_limit(limit)
+        async with self._connection() as conn:
+            rows = await conn.fetch(_DELIVERIES, user, state, limit)
+        return [_delivery(row) for row in rows]
+
+    async def forget_dedupe_keys(self, *, before_ms: int) -> int:
+        deleted = 0
+        while True:
+            async with self._connection() as conn:
+                status = await conn.execute(_FORGET_DEDUPE, before_ms, self._prune_chunk)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < self._prune_chunk:
+                return deleted

@@ -39,15 +39,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from storage.common import check_limit, new_epoch, now_ms, prune_arguments
+from storage.common import (
+    check_limit,
+    first_per_user,
+    new_epoch,
+    now_ms,
+    page_from_counts,
+    prune_arguments,
+)
 from storage.migrate import load_migrations, migrate_sqlite
 from storage.store import (
     Appended,
+    Delivery,
     HistoryPage,
     NewMessage,
     Notification,
+    NotificationBatch,
     NotificationPage,
     PushSubscription,
+    Recipient,
     Recovery,
     StorageError,
     StorageUnavailable,
@@ -316,7 +326,7 @@ def _connect(path: Path, timeout: float, synchronous: str | None) -> sqlite3.Con
 # Queries: plain functions of a connection, run on the threads -----------------------
 
 _MESSAGE_COLUMNS = "room, seq, user_id, body, ts, client_id"
-_NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read"
+_NOTIFICATION_COLUMNS = "id, user_id, type, data, actor, ts, read, seen, archived"
 
 _FIND_CLIENT_ID = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages"
@@ -364,27 +374,83 @@ _ADD_FOLLOWER_NOTIFICATIONS = (
     " WHERE target = ? AND follower > ? ORDER BY follower LIMIT ?"
     f" RETURNING {_NOTIFICATION_COLUMNS}"
 )
+# The list queries take (user, archived, ...): archived ones are listed only when asked.
 _NOTIFICATIONS_AFTER = (
     f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
-    " WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?"
+    " WHERE user_id = ? AND archived = ? AND id > ? ORDER BY id LIMIT ?"
 )
 _UNREAD_AFTER = (
     f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
-    " WHERE user_id = ? AND read = 0 AND id > ? ORDER BY id LIMIT ?"
+    " WHERE user_id = ? AND read = 0 AND archived = ? AND id > ? ORDER BY id LIMIT ?"
 )
 _NOTIFICATIONS_LATEST = (
-    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE user_id = ? ORDER BY id DESC LIMIT ?"
+    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+    " WHERE user_id = ? AND archived = ? ORDER BY id DESC LIMIT ?"
 )
 _UNREAD_LATEST = (
     f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
-    " WHERE user_id = ? AND read = 0 ORDER BY id DESC LIMIT ?"
+    " WHERE user_id = ? AND read = 0 AND archived = ? ORDER BY id DESC LIMIT ?"
 )
-_UNREAD_COUNT = "SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0"
+_UNREAD_COUNT = "SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0 AND archived = 0"
+# Per type: unread, unseen (both partial indexes serve the OR).
+_COUNTS = (
+    "SELECT type, count(*) FILTER (WHERE read = 0), count(*) FILTER (WHERE seen = 0)"
+    " FROM notifications WHERE user_id = ? AND archived = 0 AND (read = 0 OR seen = 0)"
+    " GROUP BY type"
+)
+_UNSEEN_COUNT = "SELECT count(*) FROM notifications WHERE user_id = ? AND seen = 0 AND archived = 0"
 _MARK_IDS_READ = (
-    "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0"
+    "UPDATE notifications SET read = 1, seen = 1 WHERE user_id = ? AND read = 0"
     " AND id IN (SELECT value FROM json_each(?))"
 )
-_MARK_UP_TO_READ = "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 AND id <= ?"
+_MARK_UP_TO_READ = (
+    "UPDATE notifications SET read = 1, seen = 1 WHERE user_id = ? AND read = 0 AND id <= ?"
+)
+_MARK_ONE_READ = (
+    "UPDATE notifications SET read = 1, seen = 1 WHERE user_id = ? AND id = ? RETURNING id"
+)
+_MARK_UP_TO_SEEN = "UPDATE notifications SET seen = 1 WHERE user_id = ? AND seen = 0 AND id <= ?"
+_ARCHIVE = (
+    "UPDATE notifications SET archived = ? WHERE user_id = ?"
+    " AND id IN (SELECT value FROM json_each(?))"
+)
+# "WHERE true": an INSERT … SELECT with an upsert clause needs a WHERE to parse.
+_CLAIM_DEDUPE = (
+    "INSERT INTO notification_dedupe (user_id, dedupe_key, expires_at)"
+    " SELECT value, ?, ? FROM json_each(?) WHERE true"
+    " ON CONFLICT (user_id, dedupe_key) DO UPDATE SET expires_at = excluded.expires_at"
+    " WHERE notification_dedupe.expires_at <= ?"
+    " RETURNING user_id"
+)
+_ADD_BATCH_NOTIFICATIONS = (
+    "INSERT INTO notifications (user_id, type, data, actor, ts, read, dedupe_key)"
+    " SELECT value, ?, ?, ?, ?, 0, ? FROM json_each(?) ORDER BY key"
+    f" RETURNING {_NOTIFICATION_COLUMNS}"
+)
+_ADD_DELIVERY = (
+    "INSERT INTO deliveries (user_id, transport, notification_id, type, data, actor,"
+    " group_key, created_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DELIVERY_COLUMNS = (
+    "id, user_id, transport, notification_id, type, data, actor, group_key, created_at,"
+    " due_at, state, attempts, leased_until, last_error, finished_at"
+)
+_DELIVERIES = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+    " WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id LIMIT ?3"
+)
+_FORGET_DEDUPE = (
+    "DELETE FROM notification_dedupe WHERE (user_id, dedupe_key) IN"
+    " (SELECT user_id, dedupe_key FROM notification_dedupe WHERE expires_at < ? LIMIT ?)"
+)
+_GET_PREFERENCES = "SELECT doc FROM preferences WHERE user_id = ?"
+_PREFERENCES_OF = (
+    "SELECT user_id, doc FROM preferences WHERE user_id IN (SELECT value FROM json_each(?))"
+)
+_SET_PREFERENCES = (
+    "INSERT INTO preferences (user_id, doc, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at"
+)
 
 _PUSH_COLUMNS = "endpoint, user_id, p256dh, auth, created_at"
 _PUSH_OWNER = "SELECT user_id FROM push_subscriptions WHERE endpoint = ?"
@@ -414,7 +480,13 @@ def _message(row: Sequence[Any]) -> StoredMessage:
 
 
 def _notification(row: Sequence[Any]) -> Notification:
-    return Notification(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+    return Notification(
+        row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), bool(row[7]), bool(row[8])
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(*row)
 
 
 def _append(conn: sqlite3.Connection, message: NewMessage, clock: Clock) -> Appended:
@@ -478,16 +550,22 @@ def _history(
 
 
 def _notification_page(
-    conn: sqlite3.Connection, user: str, after: int | None, limit: int, unread_only: bool
+    conn: sqlite3.Connection,
+    user: str,
+    after: int | None,
+    limit: int,
+    unread_only: bool,
+    archived: bool,
 ) -> NotificationPage:
+    flag = int(archived)
     if after is not None:
         sql = _UNREAD_AFTER if unread_only else _NOTIFICATIONS_AFTER
-        items = [_notification(r) for r in conn.execute(sql, (user, after, limit))]
+        items = [_notification(r) for r in conn.execute(sql, (user, flag, after, limit))]
     else:
         sql = _UNREAD_LATEST if unread_only else _NOTIFICATIONS_LATEST
-        items = [_notification(r) for r in conn.execute(sql, (user, limit))]
+        items = [_notification(r) for r in conn.execute(sql, (user, flag, limit))]
         items.reverse()
-    return NotificationPage(items=items, unread_count=_unread_count(conn, user))
+    return page_from_counts(items, conn.execute(_COUNTS, (user,)).fetchall())
 
 
 def _unread_count(conn: sqlite3.Connection, user: str) -> int:
@@ -520,6 +598,39 @@ def _add_push(conn: sqlite3.Connection, values: tuple[str, str, str, str, int], 
     conn.execute(_PUT_PUSH, values)
     conn.execute(_TRIM_PUSH, (user, endpoint, user, endpoint, keep - 1))
     return owner is None or owner[0] != user
+
+
+def _add_batch(
+    conn: sqlite3.Connection,
+    recipients: list[Recipient],
+    *,
+    type: str,
+    data: str,
+    actor: str | None,
+    group_key: str | None,
+    dedupe_key: str | None,
+    window_ms: int,
+    now: int,
+) -> NotificationBatch:
+    if dedupe_key is not None:
+        users = json.dumps([r.user for r in recipients])
+        args = (dedupe_key, now + window_ms, users, now)
+        passed = {row[0] for row in conn.execute(_CLAIM_DEDUPE, args)}
+        recipients = [r for r in recipients if r.user in passed]
+    in_app = json.dumps([r.user for r in recipients if r.in_app])
+    args_in = (type, data, actor, now, dedupe_key, in_app)
+    stored = sorted(
+        (_notification(r) for r in conn.execute(_ADD_BATCH_NOTIFICATIONS, args_in)),
+        key=lambda n: n.user,
+    )
+    ids = {n.user: n.id for n in stored}
+    jobs = [
+        (r.user, transport, ids.get(r.user), type, data, actor, group_key, now, now)
+        for r in recipients
+        for transport in r.transports
+    ]
+    conn.executemany(_ADD_DELIVERY, jobs)
+    return NotificationBatch(stored, [r.user for r in recipients], len(jobs))
 
 
 def _exists(conn: sqlite3.Connection, sql: str, args: tuple[str, str]) -> bool:
@@ -807,11 +918,11 @@ class SqliteStore:
         return sorted(created, key=lambda n: n.user)
 
     async def notifications(
-        self, user: str, *, after: int | None, limit: int, unread_only: bool
+        self, user: str, *, after: int | None, limit: int, unread_only: bool, archived: bool = False
     ) -> NotificationPage:
         check_limit(limit)
         return await self._read(
-            lambda conn: _notification_page(conn, user, after, limit, unread_only)
+            lambda conn: _notification_page(conn, user, after, limit, unread_only, archived)
         )
 
     async def mark_notifications_read(
@@ -840,3 +951,90 @@ class SqliteStore:
     async def push_subscriptions(self, user: str) -> list[PushSubscription]:
         rows = await self._read(lambda conn: conn.execute(_PUSH_OF_USER, (user,)).fetchall())
         return [PushSubscription(*row) for row in rows]
+
+    # Inbox: preferences, states, delivery jobs ---------------------------------------
+
+    async def add_notification_batch(
+        self,
+        recipients: Sequence[Recipient],
+        type: str,
+        data: str,
+        actor: str | None,
+        *,
+        group_key: str | None = None,
+        dedupe_key: str | None = None,
+        dedupe_window_ms: int = 0,
+    ) -> NotificationBatch:
+        unique = first_per_user(recipients)
+        if not unique:
+            return NotificationBatch([], [], 0)
+        return await self._write(
+            lambda conn: _add_batch(
+                conn,
+                unique,
+                type=type,
+                data=data,
+                actor=actor,
+                group_key=group_key,
+                dedupe_key=dedupe_key,
+                window_ms=dedupe_window_ms,
+                now=self._clock(),
+            )
+        )
+
+    async def get_preferences(self, user: str) -> str | None:
+        row = await self._read(lambda conn: conn.execute(_GET_PREFERENCES, (user,)).fetchone())
+        return None if row is None else str(row[0])
+
+    async def preferences_of(self, users: Sequence[str]) -> dict[str, str]:
+        if not users:
+            return {}
+        args = (json.dumps(list(users)),)
+        rows = await self._read(lambda conn: conn.execute(_PREFERENCES_OF, args).fetchall())
+        return {row[0]: row[1] for row in rows}
+
+    async def set_preferences(self, user: str, doc: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(_SET_PREFERENCES, (user, doc, self._clock())).rowcount
+        )
+
+    async def mark_notification_read(self, user: str, id: int) -> bool:
+        return await self._write(
+            lambda conn: conn.execute(_MARK_ONE_READ, (user, id)).fetchone() is not None
+        )
+
+    async def mark_notifications_seen(self, user: str, *, up_to: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            conn.execute(_MARK_UP_TO_SEEN, (user, up_to))
+            unseen: int = conn.execute(_UNSEEN_COUNT, (user,)).fetchone()[0]
+            return unseen
+
+        return await self._write(work)
+
+    async def archive_notifications(
+        self, user: str, ids: Sequence[int], *, archived: bool = True
+    ) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            conn.execute(_ARCHIVE, (int(archived), user, json.dumps([int(i) for i in ids])))
+            return _unread_count(conn, user)
+
+        return await self._write(work)
+
+    async def deliveries(
+        self, *, user: str | None = None, state: str | None = None, limit: int
+    ) -> list[Delivery]:
+        check_limit(limit)
+        rows = await self._read(
+            lambda conn: conn.execute(_DELIVERIES, (user, state, limit)).fetchall()
+        )
+        return [_delivery(row) for row in rows]
+
+    async def forget_dedupe_keys(self, *, before_ms: int) -> int:
+        # In chunks, like prune: no single job holds the writer long.
+        deleted = 0
+        args = (before_ms, self._prune_chunk)
+        while True:
+            count = await self._write(lambda conn: conn.execute(_FORGET_DEDUPE, args).rowcount)
+            deleted += count
+            if count < self._prune_chunk:
+                return deleted

@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 20
 SERVICE_KEY = "test-service-key-0123456789"
 
+# The notification types the tests send, declared as an operator would: the server
+# refuses a type it does not know (unless notifications.free_types is on).
+TEST_TYPES = (
+    *("like", "comment", "follow", "post", "ping", "noise", "t", "x", "new", "live"),
+    *(f"n{i}" for i in range(8)),
+    *(f"t{i}" for i in range(3)),
+)
+TYPES_CONFIG = "".join(f"\n[notifications.types.{name}]\n" for name in TEST_TYPES)
+
 
 class ServerProcess:
     """``python -m realtime serve`` in a child process, configured by environment."""
@@ -46,7 +55,8 @@ class ServerProcess:
         self.name = name
         self.dsn = dsn or f"sqlite:///{workdir / 'realtime.db'}"
         self.config_path = workdir / f"{name}.toml"
-        self.config_path.write_text(config_text or "")
+        # Appended: a test's own [notifications] settings come first and still apply.
+        self.config_path.write_text((config_text or "") + TYPES_CONFIG)
         self.log_path = workdir / f"{name}.log"
         self.env = {
             "REALTIME_SERVER_PORT": str(self.port),

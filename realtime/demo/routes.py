@@ -18,7 +18,7 @@ from protocol import CommandError, ErrorCode, jsonvalue
 
 from ..app_keys import NODE
 from ..auth import USER_ID
-from ..config import Settings
+from ..config import NotificationTypeSettings, Settings
 from ..errors import error_response, json_error
 from ..node import Node
 from .loopback import is_loopback_name, refusal
@@ -83,6 +83,12 @@ def add_demo_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/demo/{name}", page)
     app.router.add_post("/demo/token", _token)
     app.router.add_post("/demo/poke", _poke)
+    app.on_startup.append(_declare_poke)  # after the lifecycle made the node
+
+
+async def _declare_poke(app: web.Application) -> None:
+    """The demo's own notification type: in-app only, whatever types are configured."""
+    app[NODE].notices.declare_type(NotificationTypeSettings(channels=["in_app"], name=POKE_TYPE))
 
 
 def _local_only(handler: Handler) -> Handler:

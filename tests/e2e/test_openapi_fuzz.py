@@ -29,6 +29,11 @@ SEED = 20261202
 TIMEOUT = 600  # an outer bound: the run takes about 20 s
 
 
+# Notification types are the operator's, so the document cannot list them: with free
+# types every type (and preferences for it) that the document allows is taken.
+FREE_TYPES = "[notifications]\nfree_types = true\n"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # Web Push on, so that its key route answers 200 like the others (not only 404).
@@ -38,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "REALTIME_WEBPUSH_VAPID_PRIVATE_KEY_FILE": str(key_file),
         "REALTIME_WEBPUSH_VAPID_SUBJECT": "mailto:ops@example.com",
     }
-    process = server_process(tmp_path_factory, "fuzz", env=webpush)
+    process = server_process(tmp_path_factory, "fuzz", config_text=FREE_TYPES, env=webpush)
     with running(process):
         yield process
 

@@ -97,6 +97,45 @@ def calls(room: str, user: str) -> list[tuple[str, str, str, Any, int]]:
             400,
         ),
         ("POST", "/users/{user}/notifications/read", f"/users/{user}/notifications/read", {}, 400),
+        (
+            "PUT",
+            "/users/{user}/notifications/{id}/read",
+            f"/users/{user}/notifications/7/read",
+            None,
+            404,
+        ),
+        (
+            "PUT",
+            "/users/{user}/notifications/{id}/read",
+            f"/users/{user}/notifications/0/read",
+            None,
+            400,
+        ),
+        (
+            "POST",
+            "/users/{user}/notifications/read_all",
+            f"/users/{user}/notifications/read_all",
+            None,
+            200,
+        ),
+        ("POST", "/users/{user}/notifications/seen", f"/users/{user}/notifications/seen", {}, 400),
+        (
+            "POST",
+            "/users/{user}/notifications/archive",
+            f"/users/{user}/notifications/archive",
+            {"ids": [1]},
+            200,
+        ),
+        ("GET", "/users/{user}/preferences", f"/users/{user}/preferences", None, 200),
+        ("PUT", "/users/{user}/preferences", f"/users/{user}/preferences", {"mute": True}, 200),
+        (
+            "PUT",
+            "/users/{user}/preferences",
+            f"/users/{user}/preferences",
+            {"timezone": "Nowhere"},
+            400,
+        ),
+        ("POST", "/notifications", "/notifications", {"to": [user], "type": "not_declared"}, 400),
         ("POST", "/users/{user}/disconnect", f"/users/{user}/disconnect", None, 204),
     ]
 
@@ -125,7 +164,7 @@ async def test_a_405_says_which_methods_the_path_takes(
     room, user, other = unique("swap:"), unique("u"), unique("t")
     async with Http(server) as http:
         for template, item in document["paths"].items():
-            path = template.format(room=room, user=user, target=other)
+            path = template.format(room=room, user=user, target=other, id=1)
             status, headers, raw = await http.full("TRACE", path)
             assert status == 405, (template, raw)
             documented = {method.upper() for method in item}

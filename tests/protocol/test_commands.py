@@ -19,9 +19,14 @@ from protocol.commands import (
     History,
     Join,
     Leave,
+    NotificationsArchive,
     NotificationsQuery,
     NotificationsRead,
+    NotificationsReadAll,
+    NotificationsSeen,
     Ping,
+    PreferencesQuery,
+    PreferencesSet,
     PresenceQuery,
     PushSubscribe,
     PushUnsubscribe,
@@ -82,6 +87,24 @@ def test_every_op_parses() -> None:
     assert parse_command({"op": "ping"}) == Ping(None)
 
 
+def test_the_inbox_ops_parse_with_their_defaults() -> None:
+    assert parse_command({"id": 1, "op": "notifications", "archived": True}) == (
+        NotificationsQuery(1, archived=True)
+    )
+    assert parse_command({"id": 2, "op": "notifications.archive", "ids": [5]}) == (
+        NotificationsArchive(2, (5,), archived=True)
+    )
+    assert parse_command({"id": 3, "op": "preferences.set", "preferences": {}}) == (
+        PreferencesSet(3, {})
+    )
+    # An address is the backend's to set (over REST); null is no address given.
+    refused = rejected({"id": 4, "op": "preferences.set", "preferences": {"email": "a@b.c"}})
+    assert refused.code is ErrorCode.FORBIDDEN and "'email'" in refused.message
+    assert parse_command(
+        {"id": 5, "op": "preferences.set", "preferences": {"email": None, "mute": True}}
+    ) == PreferencesSet(5, {"email": None, "mute": True})
+
+
 def test_body_may_be_any_json_value() -> None:
     for body, text in [(None, "null"), (0, "0"), ("x", '"x"'), ([1, {"a": []}], '[1,{"a":[]}]')]:
         command = parse_command({"id": 1, "op": "send", "room": "swap:1", "body": body})
@@ -116,6 +139,14 @@ def test_body_may_be_any_json_value() -> None:
         ({"id": 1, "op": "notifications.read"}, "give 'ids'"),
         ({"id": 1, "op": "notifications.read", "ids": [1], "up_to": 2}, "give 'ids'"),
         ({"id": 1, "op": "notifications.read", "ids": [0]}, "'ids' must be"),
+        ({"id": 1, "op": "notifications", "archived": "yes"}, "'archived' must be true or false"),
+        ({"id": 1, "op": "notifications.seen"}, "'up_to' is required"),
+        ({"id": 1, "op": "notifications.seen", "up_to": -1}, "'up_to' must be"),
+        ({"id": 1, "op": "notifications.archive"}, "'ids' (a list of notification ids)"),
+        ({"id": 1, "op": "notifications.archive", "ids": [1] * 1001}, "'ids' must be"),
+        ({"id": 1, "op": "notifications.archive", "ids": [1], "archived": 1}, "'archived'"),
+        ({"id": 1, "op": "preferences.set"}, "'preferences' (a map"),
+        ({"id": 1, "op": "preferences.set", "preferences": [1]}, "'preferences' (a map"),
         ({"id": 1, "op": "refresh"}, "'token' is required"),
         ({"id": 1, "op": "connect", "rooms": "swap:1"}, "'rooms' must be a list"),
         ({"id": 1, "op": "connect", "rooms": [5]}, "each entry of 'rooms'"),
@@ -206,6 +237,17 @@ WIRE_SAMPLES: dict[type, tuple[dict[str, object], object]] = {
     PushUnsubscribe: (
         {"endpoint": "https://push.example/s/1"},
         PushUnsubscribe(1, "https://push.example/s/1"),
+    ),
+    NotificationsReadAll: ({}, NotificationsReadAll(1)),
+    NotificationsSeen: ({"up_to": 8}, NotificationsSeen(1, 8)),
+    NotificationsArchive: (
+        {"ids": [3, 4], "archived": False},
+        NotificationsArchive(1, (3, 4), archived=False),
+    ),
+    PreferencesQuery: ({}, PreferencesQuery(1)),
+    PreferencesSet: (
+        {"preferences": {"mute": True, "types": {"post_liked": {"push": False}}}},
+        PreferencesSet(1, {"mute": True, "types": {"post_liked": {"push": False}}}),
     ),
 }
 

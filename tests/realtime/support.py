@@ -20,7 +20,15 @@ from protocol import JSON
 from protocol.commands import RoomRequest
 from realtime.auth import Identity
 from realtime.broker_memory import MemoryBroker
-from realtime.config import DeliverySettings, ServerSettings, Settings, StorageSettings
+from realtime.config import (
+    DeliverySettings,
+    NotificationSettings,
+    NotificationTypeSettings,
+    ServerSettings,
+    Settings,
+    StorageSettings,
+    default_notification_types,
+)
 from realtime.connection import Connection
 from realtime.node import Node
 from realtime.presence import Presence
@@ -28,6 +36,8 @@ from realtime.presence_memory import MemoryPresence
 from storage import SqliteStore, Store
 
 SECRET = "in-process-secret-" + "x" * 20
+# Notification types the in-process tests send, beside the defaults.
+TYPES = {name: NotificationTypeSettings(name=name) for name in ("hello",)}
 
 
 class FakeTransport:
@@ -90,6 +100,7 @@ def settings(**delivery: Any) -> Settings:
         auth=dataclasses.replace(Settings().auth, secret=SECRET),
         storage=StorageSettings(timeout=5.0),
         delivery=dataclasses.replace(DeliverySettings(), **delivery),
+        notifications=NotificationSettings(types={**default_notification_types(), **TYPES}),
     )
 
 

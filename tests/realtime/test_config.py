@@ -78,3 +78,74 @@ def test_bad_settings_stop_start_up_naming_the_setting(
 def test_a_secret_is_required_for_hs256() -> None:
     with pytest.raises(ConfigError, match=r"auth\.secret"):
         load_settings(None, {})
+
+
+# Notifications (inbox) -------------------------------------------------------------------
+
+
+def test_every_notification_setting_and_default_type_is_in_config_toml() -> None:
+    text = (ROOT / "config.toml").read_text()
+    notifications = load_settings(None, ENV).notifications
+    assert "[notifications]" in text and "[notifications.default_type]" in text
+    for key in ("free_types", "dedupe_window", "unread_delay", "digest_window"):
+        assert f"\n{key} = " in text, key
+    assert set(notifications.types) == {
+        "post_liked",
+        "post_commented",
+        "user_followed",
+        "user_mentioned",
+        "friend_request",
+        "direct_message",
+    }
+    for name, rules in notifications.types.items():
+        assert f"[notifications.types.{name}]" in text
+        assert rules.name == name
+        for key in ("channels", "group", "critical"):
+            assert f"\n{key} = " in text.split(f"[notifications.types.{name}]")[1], (name, key)
+
+
+def test_a_file_adds_types_and_changes_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[notifications]\ndedupe_window = 60\n"
+        '[notifications.types.security]\ncritical = true\nchannels = ["in_app", "email"]\n'
+        '[notifications.types.post_liked]\ngroup = ""\n'
+        '[notifications.default_type]\nchannels = ["in_app"]\n'
+    )
+    settings = load_settings(path, {**ENV, "REALTIME_NOTIFICATIONS_FREE_TYPES": "yes"})
+    rules = settings.notifications
+    assert (rules.dedupe_window, rules.free_types) == (60.0, True)
+    security = rules.types["security"]
+    assert (security.name, security.channels, security.critical) == (
+        "security",
+        ["in_app", "email"],
+        True,
+    )
+    liked = rules.types["post_liked"]
+    assert (liked.group, liked.channels) == ("", ["in_app", "push", "email"])
+    assert rules.types["direct_message"].group == "conversation_id"  # untouched default
+    # Free types take the default type's rules, under their own name.
+    free = rules.type_settings("anything")
+    assert free is not None and (free.name, free.channels) == ("anything", ["in_app"])
+    assert Settings().notifications.type_settings("anything") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[notifications.types.x]\nchannels = ["sms"]\n', "notifications.types.x.channels"),
+        ('[notifications.types.x]\nchannels = ["push", "push"]\n', "notifications.types.x"),
+        ("[notifications.types.x]\ncolour = 1\n", "notifications.types.x.colour"),
+        ('[notifications.types.x]\nname = "y"\n', "notifications.types.x.name"),
+        ('[notifications.types."a b"]\n', "a type name is"),
+        ("[notifications]\ntypes = 3\n", "notifications.types must be a table"),
+        ('[notifications.default_type]\nchannels = ["fax"]\n', "notifications.default_type"),
+        ("[notifications]\ndedupe_window = -1\n", "notifications.dedupe_window"),
+        ("[notifications]\nfree = true\n", "notifications.free"),
+    ],
+)
+def test_bad_notification_settings_are_named(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(path, ENV)

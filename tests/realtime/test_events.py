@@ -66,6 +66,12 @@ def test_the_wire_kinds_keep_their_numbers() -> None:
     ]
     packed = msgpack.unpackb(pack_event("a", SAMPLES[MessagePush]))
     assert packed == ["a", 0, "swap:1", 7, "alice", '{"n":1}', 1700, "c1"]
+    # A notification push keeps its fields from before seen and archived existed.
+    packed = msgpack.unpackb(pack_event("a", SAMPLES[NotificationPush]))
+    assert packed == ["a", 4, 3, "like", "[]", None, 1800, True]
+    marked = NotificationPush(NotificationItem(3, "like", "[]", None, 1800, True, seen=True))
+    assert msgpack.unpackb(pack_event("a", marked))[-2:] == [True, False]
+    assert unpack_event(pack_event("a", marked)) == ("a", marked)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, NotRequired, TypedDict
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, TypedDict
 
 import pytest
 
@@ -14,7 +14,7 @@ from realtime.openapi import openapi_document
 from realtime.rest import ROUTES
 from realtime.rest_types import HistoryQuery, NotifyRequest, PublishRequest, ReadRequest
 from realtime.routes import InPath, Reply, Route
-from realtime.schema import Components, JsonText, Length, ObjectSpec, OneOf, spec_of
+from realtime.schema import Choices, Components, JsonText, Length, ObjectSpec, OneOf, spec_of
 
 
 def read(cls: type, data: dict[str, Any]) -> Any:
@@ -94,6 +94,44 @@ def test_a_rule_branch_holds_a_field_to_its_non_null_schema() -> None:
     assert described["oneOf"][0] == {
         "required": ["a"],
         "properties": {"a": {"type": "string", "minLength": 1, "maxLength": 3}},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    flag: bool = True
+    zone: Annotated[str, Choices(("UTC", "Europe/Paris"), "a zone")] = "UTC"
+    required: int = 0
+
+
+def test_an_optional_field_with_a_default_is_documented_as_read_null_and_all() -> None:
+    # Read: null is the default, as in WebSocket commands; so the schema takes null.
+    assert read(Defaults, {"flag": None, "zone": None}) == Defaults()
+    assert read(Defaults, {"zone": "Europe/Paris"}).zone == "Europe/Paris"
+    assert refused(Defaults, {"zone": "Mars"}) == "'zone' must be a zone, got 'Mars'"
+    schemas = Components()
+    spec_of(Defaults).schema(schemas)
+    properties = schemas.schemas["Defaults"]["properties"]
+    assert properties["flag"] == {"type": ["boolean", "null"], "default": True}
+    assert properties["zone"] == {
+        "anyOf": [{"type": "string", "enum": ["UTC", "Europe/Paris"]}, {"type": "null"}],
+        "default": "UTC",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    channels: dict[Literal["in_app", "push"], bool]
+
+
+def test_map_keys_may_be_narrowed_and_are_checked() -> None:
+    assert read(Keyed, {"channels": {"push": False}}).channels == {"push": False}
+    assert "keys must be one of 'in_app', 'push'" in refused(Keyed, {"channels": {"sms": True}})
+    schemas = Components()
+    spec_of(Keyed).schema(schemas)
+    assert schemas.schemas["Keyed"]["properties"]["channels"]["propertyNames"] == {
+        "type": "string",
+        "enum": ["in_app", "push"],
     }
 
 

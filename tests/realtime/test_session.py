@@ -109,6 +109,11 @@ async def test_every_command_reaches_its_service(node: Node) -> None:
         {"op": "presence", "room": ROOM},
         {"op": "notifications"},
         {"op": "notifications.read", "up_to": 10**6},
+        {"op": "notifications.seen", "up_to": 10**6},
+        {"op": "notifications.archive", "ids": [10**6]},
+        {"op": "notifications.read_all"},
+        {"op": "preferences.set", "preferences": {"mute": True}},
+        {"op": "preferences"},
         {"op": "refresh", "token": token("alice")},
         {"op": "ping"},
         {"op": "leave", "room": ROOM},
@@ -117,9 +122,8 @@ async def test_every_command_reaches_its_service(node: Node) -> None:
     ]
     await client.send(*({"id": i, **c} for i, c in enumerate(commands, start=2)))
     replies = client.replies()
-    ok = {
-        commands[i - 2]["op"]: replies[i].get("ok", replies[i]) for i in range(2, 2 + len(commands))
-    }
+    last = len(commands) + 2
+    ok = {commands[i - 2]["op"]: replies[i].get("ok", replies[i]) for i in range(2, last)}
     assert ok["join"]["room"] == ROOM and ok["join"]["presence"] == ["alice"]
     assert ok["send"]["seq"] == 1
     assert [m["body"] for m in ok["history"]["messages"]] == [{"n": 1}]
@@ -128,6 +132,10 @@ async def test_every_command_reaches_its_service(node: Node) -> None:
     assert ok["presence"] == {"users": ["alice"]}
     assert [n["type"] for n in ok["notifications"]["items"]] == ["hello"]
     assert ok["notifications.read"] == {"unread_count": 0}
+    assert ok["notifications.seen"] == {"unseen_count": 0}
+    assert ok["notifications.archive"] == ok["notifications.read_all"] == {"unread_count": 0}
+    assert ok["preferences.set"]["mute"] is True
+    assert ok["preferences"] == ok["preferences.set"]
     assert ok["refresh"]["expires_at"] > time.time()
     assert ok["push.subscribe"] == {} and ok["push.unsubscribe"] == {}
     # Every op the session knows was carried out above (a new one needs a line here).

@@ -19,10 +19,14 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
+from protocol.commands import MAX_ID
 from storage import (
     Appended,
     NewMessage,
+    NotificationBatch,
+    NotificationPage,
     PostgresStore,
+    Recipient,
     SqliteStore,
     StorageError,
     StorageUnavailable,
@@ -687,6 +691,241 @@ async def test_push_subscriptions_keep_the_newest(store: Store, clock: FakeClock
     await store.add_push_subscription("a", "https://p/0", "k", "s", keep=1)
     assert [s.endpoint for s in await store.push_subscriptions("a")] == ["https://p/0"]
     assert [s.endpoint for s in await store.push_subscriptions("other")] == ["https://q/1"]
+
+
+# Inbox: preferences, states, dedupe keys, delivery jobs ----------------------------------
+
+
+async def test_preferences_are_a_document_per_user(store: Store, clock: FakeClock) -> None:
+    assert await store.get_preferences("a") is None
+    assert await store.preferences_of(["a", "b"]) == {}
+    await store.set_preferences("a", '{"mute":true}')
+    await store.set_preferences("b", '{"mute":false}')
+    assert await store.get_preferences("a") == '{"mute":true}'
+    clock.advance(5)
+    await store.set_preferences("a", '{"timezone":"Europe/Paris"}')  # replaced
+    assert await store.get_preferences("a") == '{"timezone":"Europe/Paris"}'
+    assert await store.preferences_of(["a", "c", "b"]) == {
+        "a": '{"timezone":"Europe/Paris"}',
+        "b": '{"mute":false}',
+    }
+    assert await store.preferences_of([]) == {}
+
+
+async def test_a_batch_stores_in_app_ones_and_queues_a_job_per_transport(
+    store: Store, clock: FakeClock
+) -> None:
+    before = (await store.add_notifications(["a"], "t", "{}", None))[0].id
+    clock.advance(10)
+    batch = await store.add_notification_batch(
+        [
+            Recipient("c", in_app=False, transports=("webpush",)),
+            Recipient("a", transports=("webhook", "email")),
+            Recipient("b"),
+            Recipient("a", in_app=False),  # a repeat: the first counts
+            Recipient("d", in_app=False),  # nothing wanted, still counted as given
+        ],
+        "post_liked",
+        '{"post_id":7}',
+        "zoe",
+        group_key="7",
+    )
+    assert [(n.user, n.type, n.data, n.actor, n.ts, n.read) for n in batch.stored] == [
+        ("a", "post_liked", '{"post_id":7}', "zoe", T0 + 10, False),
+        ("b", "post_liked", '{"post_id":7}', "zoe", T0 + 10, False),
+    ]
+    assert all(n.id > before for n in batch.stored)
+    assert (batch.reached, batch.deliveries) == (["a", "b", "c", "d"], 3)
+    a_id = batch.stored[0].id
+    jobs = await store.deliveries(limit=10)
+    assert [(j.user, j.transport, j.notification_id) for j in jobs] == [
+        ("a", "webhook", a_id),
+        ("a", "email", a_id),
+        ("c", "webpush", None),
+    ]
+    assert jobs[0].id < jobs[1].id < jobs[2].id
+    for job in jobs:
+        assert (job.type, job.data, job.actor, job.group_key) == (
+            "post_liked",
+            '{"post_id":7}',
+            "zoe",
+            "7",
+        )
+        assert (job.created_at, job.due_at, job.state, job.attempts) == (
+            T0 + 10,
+            T0 + 10,
+            "pending",
+            0,
+        )
+        assert (job.leased_until, job.last_error, job.finished_at) == (None, None, None)
+    assert [j.transport for j in await store.deliveries(user="a", limit=10)] == [
+        "webhook",
+        "email",
+    ]
+    assert [j.user for j in await store.deliveries(state="pending", limit=2)] == ["a", "a"]
+    assert await store.deliveries(user="b", limit=10) == []
+    assert await store.deliveries(state="dead", limit=10) == []
+    assert await store.add_notification_batch([], "t", "{}", None) == NotificationBatch([], [], 0)
+    page = await store.notifications("c", after=None, limit=10, unread_only=False)
+    assert page.items == []  # in_app off: queued, not stored
+
+
+async def test_a_batch_commits_its_notifications_and_jobs_together(store: Store) -> None:
+    recipients = [
+        Recipient("a", transports=("webhook",)),
+        Recipient("b", transports=("carrier-pigeon",)),  # the schema refuses this job
+    ]
+    with pytest.raises(StorageError):
+        await store.add_notification_batch(recipients, "t", "{}", None, dedupe_key="k1")
+    for user in ("a", "b"):
+        page = await store.notifications(user, after=None, limit=10, unread_only=False)
+        assert (page.items, page.unread_count) == ([], 0)
+    assert await store.deliveries(limit=10) == []
+    # Nothing was kept, not even the dedupe key: a retry goes through.
+    recipients[1] = Recipient("b", transports=("email",))
+    batch = await store.add_notification_batch(
+        recipients, "t", "{}", None, dedupe_key="k1", dedupe_window_ms=60_000
+    )
+    assert (batch.reached, batch.deliveries) == (["a", "b"], 2)
+    jobs = await store.deliveries(limit=10)
+    assert [(j.user, j.notification_id) for j in jobs] == [(n.user, n.id) for n in batch.stored]
+
+
+async def test_a_dedupe_key_creates_nothing_new_within_its_window(
+    store: Store, clock: FakeClock
+) -> None:
+    window = 60_000
+
+    async def send(users: list[str], key: str = "ev-1") -> NotificationBatch:
+        recipients = [Recipient(u, transports=("webhook",)) for u in users]
+        return await store.add_notification_batch(
+            recipients, "t", "{}", None, dedupe_key=key, dedupe_window_ms=window
+        )
+
+    first = await send(["a", "b"])
+    assert (first.reached, [n.user for n in first.stored], first.deliveries) == (
+        ["a", "b"],
+        ["a", "b"],
+        2,
+    )
+    clock.advance(window - 1)
+    again = await send(["a", "b", "c"])
+    assert (again.reached, [n.user for n in again.stored], again.deliveries) == (["c"], ["c"], 1)
+    other_key = await send(["a"], key="ev-2")
+    assert other_key.reached == ["a"]
+    clock.advance(1)  # a's and b's window ended; c's runs on
+    later = await send(["a", "b", "c"])
+    assert later.reached == ["a", "b"]
+    page = await store.notifications("a", after=None, limit=10, unread_only=False)
+    assert len(page.items) == 3  # ev-1, ev-2, ev-1 again
+    assert [j.user for j in await store.deliveries(limit=10)] == ["a", "b", "c", "a", "a", "b"]
+    # Without a key nothing is deduplicated.
+    plain = [Recipient("a")]
+    assert (await store.add_notification_batch(plain, "t", "{}", None)).reached == ["a"]
+    assert (await store.add_notification_batch(plain, "t", "{}", None)).reached == ["a"]
+
+
+async def test_concurrent_batches_with_one_dedupe_key_store_it_once(store: Store) -> None:
+    recipients = [Recipient("a", transports=("email",)), Recipient("b")]
+    batches = await asyncio.gather(
+        *(
+            store.add_notification_batch(
+                recipients, "t", "{}", None, dedupe_key="same", dedupe_window_ms=60_000
+            )
+            for _ in range(10)
+        )
+    )
+    assert sorted(user for batch in batches for user in batch.reached) == ["a", "b"]
+    for user in ("a", "b"):
+        page = await store.notifications(user, after=None, limit=10, unread_only=False)
+        assert len(page.items) == 1
+    assert len(await store.deliveries(limit=10)) == 1
+
+
+async def test_expired_dedupe_keys_are_forgotten(store: Store, clock: FakeClock) -> None:
+    for key, window in (("short", 10), ("long", 1000)):
+        await store.add_notification_batch(
+            [Recipient("a"), Recipient("b")],
+            "t",
+            "{}",
+            None,
+            dedupe_key=key,
+            dedupe_window_ms=window,
+        )
+    assert await store.forget_dedupe_keys(before_ms=T0 + 10) == 0
+    assert await store.forget_dedupe_keys(before_ms=T0 + 11) == 2
+    assert await store.forget_dedupe_keys(before_ms=T0 + 11) == 0
+    # The long ones still hold.
+    again = [Recipient("a")]
+    batch = await store.add_notification_batch(
+        again, "t", "{}", None, dedupe_key="long", dedupe_window_ms=1000
+    )
+    assert batch.reached == []
+
+
+async def test_seen_archived_read_one_and_counts_per_type(store: Store) -> None:
+    async def add(user: str, type: str) -> int:
+        return (
+            (await store.add_notification_batch([Recipient(user)], type, "{}", None)).stored[0].id
+        )
+
+    ids = [await add("a", t) for t in ("like", "like", "follow", "like", "mention")]
+    theirs = await add("b", "like")
+
+    async def page(**options: Any) -> NotificationPage:
+        return await store.notifications(
+            "a", after=options.pop("after", None), limit=10, unread_only=False, **options
+        )
+
+    first = await page()
+    assert [n.id for n in first.items] == ids
+    assert (first.unread_count, first.unseen_count) == (5, 5)
+    assert first.unread_by_type == {"like": 3, "follow": 1, "mention": 1}
+    assert not any(n.seen or n.archived for n in first.items)
+
+    assert await store.mark_notifications_seen("a", up_to=ids[2]) == 2
+    assert await store.mark_notifications_seen("a", up_to=ids[1]) == 2  # never back
+    assert [n.seen for n in (await page()).items] == [True, True, True, False, False]
+    assert (await page()).unread_count == 5  # seen is not read
+
+    # Reading one marks it seen too; another user's or an unknown id is not found.
+    assert await store.mark_notification_read("a", ids[4]) is True
+    assert await store.mark_notification_read("a", ids[4]) is True  # already read: still there
+    assert await store.mark_notification_read("a", theirs) is False
+    assert await store.mark_notification_read("a", theirs + 1000) is False
+    after_read = await page()
+    assert (after_read.items[4].read, after_read.items[4].seen) == (True, True)
+    assert (after_read.unread_count, after_read.unseen_count) == (4, 1)
+    assert after_read.unread_by_type == {"like": 3, "follow": 1}
+
+    # Archived ones leave the list and the counts, and are listed when asked.
+    assert await store.archive_notifications("a", [ids[0], ids[3], theirs]) == 2
+    inbox = await page()
+    assert [n.id for n in inbox.items] == [ids[1], ids[2], ids[4]]
+    assert (inbox.unread_count, inbox.unread_by_type, inbox.unseen_count) == (
+        2,
+        {"like": 1, "follow": 1},
+        0,
+    )
+    archive = await page(archived=True)
+    assert [(n.id, n.archived) for n in archive.items] == [(ids[0], True), (ids[3], True)]
+    assert archive.unread_count == 2  # the counts are the inbox's
+    unread_archive = await store.notifications(
+        "a", after=ids[0], limit=10, unread_only=True, archived=True
+    )
+    assert [n.id for n in unread_archive.items] == [ids[3]]
+    assert (await store.notifications("b", after=None, limit=10, unread_only=False)).items[
+        0
+    ].archived is False
+    # Marking read counts only what is in the inbox.
+    assert await store.mark_notifications_read("a", ids=[ids[3]]) == 2
+    assert await store.mark_notifications_read("a", up_to=ids[1]) == 1
+    # Brought back: in the inbox and its counts again.
+    assert await store.archive_notifications("a", [ids[0]], archived=False) == 1
+    back = await page()
+    assert [n.id for n in back.items] == [ids[0], ids[1], ids[2], ids[4]]
+    assert back.unread_by_type == {"follow": 1}
+    assert await store.mark_notifications_seen("a", up_to=MAX_ID) == 0
 
 
 # Epochs and migrations ----------------------------------------------------------------------
