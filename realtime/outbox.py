@@ -54,7 +54,7 @@ from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
-MAX_PAUSE: Final = 15.0
+MAX_PAUSE: Final = 5.0
 """Seconds, at most, between tries while storage is unavailable."""
 DEPTH_INTERVAL: Final = 5.0
 """Seconds between reads of the queue depth (the pending gauge)."""
@@ -112,6 +112,7 @@ class Outbox:
         self._idle = asyncio.Event()  # no job in flight
         self._idle.set()
         self._stopping = False
+        self._held: list[Delivery] = []  # claimed, not started: storage failed between
         # Claim again once this many slots are free (or none is busy).
         self._claim_at = max(1, self._outbox.concurrency // 4)
 
@@ -216,24 +217,28 @@ class Outbox:
             self._metrics.outbox_pending.labels(transport).set(pending.get(transport, 0))
 
     async def _claim(self, limit: int) -> list[Delivery]:
-        """Claim due jobs and start them; the rows claimed."""
+        """Claim due jobs and start them; the rows claimed.
+
+        Rows claimed when the reads that follow failed are kept and started on the next
+        try, while enough of their lease is left; else they are left to expire and be
+        claimed again.
+        """
         now = self._clock()
         window = self._digest_window_ms
-        rows = await self._store.claim_deliveries(
-            now,
-            limit,
-            int(self._outbox.lease * 1000),
-            transports=self.transports,
-            digest_window_ms=window,
-        )
+        lease_ms = int(self._outbox.lease * 1000)
+        rows, self._held = self._held, []
+        if rows and (rows[0].leased_until or 0) - now < lease_ms * SEND_SHARE:
+            rows = []
         if not rows:
-            return rows
+            rows = await self._store.claim_deliveries(
+                now, limit, lease_ms, transports=self.transports, digest_window_ms=window
+            )
+            if not rows:
+                return rows
         try:
             facts = await self._round(rows)
         except StorageError:
-            # Nothing was tried: hand them back before pausing.
-            with contextlib.suppress(StorageError):
-                await self._store.reschedule_deliveries([r.id for r in rows], now)
+            self._held = rows
             raise
         for job in group(rows, window):
             task = self._jobs.spawn(self._process(job, facts), f"outbox-job-{job[0].id}")
