@@ -392,6 +392,8 @@ class Flaky:
         self._inner = inner
         self.down = False
         self.claims = 0
+        self.taken = 0
+        self.fail_reads = 0  # preference reads to fail, after claims went through
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -400,7 +402,15 @@ class Flaky:
         self.claims += 1
         if self.down:
             raise StorageUnavailable("sqlite: down for the test")
-        return await self._inner.claim_deliveries(*args, **kwargs)
+        claimed = await self._inner.claim_deliveries(*args, **kwargs)
+        self.taken += len(claimed)
+        return claimed
+
+    async def preferences_of(self, users: Any) -> dict[str, str]:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise StorageUnavailable("sqlite: down for the test")
+        return await self._inner.preferences_of(users)
 
 
 async def test_a_storage_outage_pauses_the_worker_and_it_heals(make_rig: Any) -> None:
@@ -420,6 +430,24 @@ async def test_a_storage_outage_pauses_the_worker_and_it_heals(make_rig: Any) ->
     store.down = False
     await rig.notify(["ann"], type="user_followed")
     await rig.until(lambda: _all(rig, "ann", "done"), "delivered after the outage")
+
+
+async def test_jobs_claimed_just_before_an_outage_are_started_after_it(make_rig: Any) -> None:
+    flaky: list[Flaky] = []
+
+    def wrap(store: Store) -> Flaky:
+        flaky.append(Flaky(store))
+        return flaky[0]
+
+    rig = await make_rig(wrap=wrap)
+    await rig.notify(["ann"], type="user_followed")
+    flaky[0].fail_reads = 2
+    rig.start()
+    # Kept through the outage and started after it, under the same claim (the clock
+    # stands still: its lease never ends, so no other claim could have taken it).
+    await rig.until(lambda: _all(rig, "ann", "done"), "delivered after the outage")
+    assert [d.attempts for d in await rig.jobs("ann")] == [1]
+    assert flaky[0].taken == 1
 
 
 async def test_a_job_whose_lease_ended_repeatedly_is_dead(make_rig: Any) -> None:
