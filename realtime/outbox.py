@@ -81,6 +81,77 @@ class _Round:
     unread: frozenset[int]
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    ids: list[int]
+    lease: int | None
+    future: asyncio.Future[int]
+
+
+class _DoneWrites:
+    """Delivered jobs, recorded many in one write (group commit): while one write is in
+    flight the next batch gathers, so a database that syncs every commit to disk syncs
+    once per batch, not once per job. A writer task of its own runs while any wait."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[_Done] = []
+        self._writing = False
+        self._writer = TaskSet()
+
+    async def write(self, ids: list[int], lease: int | None) -> int:
+        """Mark the jobs done (under ``lease``); how many changed, or StorageError."""
+        entry = _Done(ids, lease, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        if not self._writing:
+            self._writing = True
+            self._writer.spawn(self._write_all(), "outbox-done-writes")
+        return await entry.future
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def _write_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._write(batch)
+                except BaseException as error:
+                    _fail(batch, error)
+                    raise
+        finally:
+            self._writing = False
+            # Only when cancelled (at close) is anything left: those jobs end too.
+            left, self._waiting = self._waiting, []
+            _fail(left, asyncio.CancelledError())
+
+    async def _write(self, batch: list[_Done]) -> None:
+        by_lease: dict[int | None, list[_Done]] = {}
+        for entry in batch:
+            by_lease.setdefault(entry.lease, []).append(entry)
+        for lease, entries in by_lease.items():
+            ids = [i for entry in entries for i in entry.ids]
+            try:
+                changed = await self._store.finish_deliveries(ids, "done", None, lease=lease)
+            except StorageError as error:
+                _fail(entries, error)
+                continue
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.set_result(changed)
+
+
+def _fail(entries: list[_Done], error: BaseException) -> None:
+    for entry in entries:
+        if entry.future.done():
+            continue
+        if isinstance(error, Exception):
+            entry.future.set_exception(error)
+        else:  # the writer was cancelled (the outbox is closing): so are the waiters
+            entry.future.cancel()
+
+
 class Outbox:
     def __init__(
         self,
@@ -113,6 +184,7 @@ class Outbox:
         self._idle.set()
         self._stopping = False
         self._held: list[Delivery] = []  # claimed, not started: storage failed between
+        self._done = _DoneWrites(store)
         # Claim again once this many slots are free (or none is busy).
         self._claim_at = max(1, self._outbox.concurrency // 4)
 
@@ -158,6 +230,7 @@ class Outbox:
         """Cancel jobs still in flight (their leases end and others retake them)."""
         self._stopping = True
         await self._jobs.close()
+        await self._done.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -328,7 +401,7 @@ class Outbox:
         store = self._store
         match decision.step:
             case Step.DONE:
-                return store.finish_deliveries(ids, "done", None, lease=lease)
+                return self._done.write(ids, lease)
             case Step.SKIP:
                 return store.finish_deliveries(ids, "skipped", decision.reason, lease=lease)
             case Step.DEAD:

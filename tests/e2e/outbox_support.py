@@ -63,6 +63,8 @@ class Receiver:
         self.script: dict[str, list[int]] = {}
         self.delay = 0.0
         self.holding = 0
+        self.first_at: float | None = None  # time.monotonic() of the first acknowledged
+        self.last_at: float | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -99,6 +101,9 @@ class Receiver:
             return web.Response(status=status, text=f"answer {status}")
         self.acknowledged[key] += 1
         self.payloads[key] = payload
+        self.last_at = time.monotonic()
+        if self.first_at is None:
+            self.first_at = self.last_at
         if self.delay:
             self.holding += 1
             try:

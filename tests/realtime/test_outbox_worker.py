@@ -386,7 +386,7 @@ async def test_a_send_longer_than_the_lease_allows_is_cut_off_and_retried(make_r
 
 
 class Flaky:
-    """A store whose claims fail while ``down``; counts them."""
+    """A store whose claims fail while ``down`` (and reads when told); counts calls."""
 
     def __init__(self, inner: Store) -> None:
         self._inner = inner
@@ -394,6 +394,7 @@ class Flaky:
         self.claims = 0
         self.taken = 0
         self.fail_reads = 0  # preference reads to fail, after claims went through
+        self.finishes: list[tuple[str, int]] = []  # (state, jobs) of each finishing write
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -405,6 +406,10 @@ class Flaky:
         claimed = await self._inner.claim_deliveries(*args, **kwargs)
         self.taken += len(claimed)
         return claimed
+
+    async def finish_deliveries(self, ids: Any, state: str, *args: Any, **kwargs: Any) -> int:
+        self.finishes.append((state, len(ids)))
+        return await self._inner.finish_deliveries(ids, state, *args, **kwargs)
 
     async def preferences_of(self, users: Any) -> dict[str, str]:
         if self.fail_reads:
@@ -448,6 +453,25 @@ async def test_jobs_claimed_just_before_an_outage_are_started_after_it(make_rig:
     await rig.until(lambda: _all(rig, "ann", "done"), "delivered after the outage")
     assert [d.attempts for d in await rig.jobs("ann")] == [1]
     assert flaky[0].taken == 1
+
+
+async def test_jobs_delivered_together_are_recorded_in_one_write(make_rig: Any) -> None:
+    flaky: list[Flaky] = []
+
+    def wrap(store: Store) -> Flaky:
+        flaky.append(Flaky(store))
+        return flaky[0]
+
+    rig = await make_rig(wrap=wrap)
+    rig.webhook.hold = asyncio.Event()
+    users = [f"u{i}" for i in range(8)]  # outbox.concurrency: all in flight at once
+    await rig.notify(users, type="user_followed")
+    rig.start()
+    await rig.until(lambda: len(rig.webhook.jobs) == 8, "all in flight")
+    rig.webhook.hold.set()  # they all answer at once
+    for user in users:
+        await rig.until(lambda u=user: _all(rig, u, "done"), "done")
+    assert flaky[0].finishes == [("done", 8)]
 
 
 async def test_a_job_whose_lease_ended_repeatedly_is_dead(make_rig: Any) -> None:
