@@ -61,6 +61,7 @@ DEPTH_INTERVAL: Final = 5.0
 SEND_SHARE: Final = 0.75
 """Of the lease, what one send may take: the rest is for settling it."""
 SETTLE_RETRY: Final = 0.5
+"""Seconds before a job's result is written again after storage failed (doubling)."""
 DRAIN_TIMEOUT: Final = 10.0
 
 # What each settling step counts as, per row.
@@ -270,7 +271,7 @@ class Outbox:
         self._wakeup.clear()
 
     async def _pause(self, failures: int, error: StorageError) -> None:
-        seconds = min(MAX_PAUSE, self._outbox.poll_interval * 2**failures)
+        seconds = min(MAX_PAUSE, self._outbox.poll_interval * 2.0 ** min(failures, 30))
         self._metrics.outbox_pauses.inc()
         if isinstance(error, StorageUnavailable):
             self._metrics.storage_errors.inc()
