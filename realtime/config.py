@@ -454,6 +454,12 @@ class Settings:
                     f"ingest[{index}]: reading events from a Redis Cluster is not supported; "
                     "set redis_url to a redis:// url"
                 )
+            if self.notifications.type_settings(rule.type) is None:
+                # Else every event of the rule would be refused, one by one, at run time.
+                raise ConfigError(
+                    f"ingest[{index}].type: {rule.type!r} is not a notification type; "
+                    f"declare [notifications.types.{rule.type}] or set notifications.free_types"
+                )
 
 
 _SECTIONS: dict[str, type[Any]] = {

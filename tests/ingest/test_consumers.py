@@ -57,7 +57,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 def settings(tmp_path: Path, url: str, rules: str, prefix: str | None = None) -> Settings:
     path = tmp_path / f"{secrets.token_hex(4)}.toml"
-    path.write_text(rules)
+    path.write_text(rules + "\n[notifications.types.post_created]\n")
     env = {
         "REALTIME_AUTH_SECRET": "s" * 32,
         "REALTIME_BROKER_URL": url,

@@ -343,10 +343,11 @@ def test_a_bad_rule_stops_start_up_naming_the_setting(
         load_settings(path, ENV)
 
 
-def test_a_rule_needs_a_redis(tmp_path: Path) -> None:
+def test_a_rule_needs_a_redis_and_a_notification_type(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
-        "[[ingest]]\nsource = 'pubsub'\nchannel = 'c'\ntype = 't'\nrecipients = { to = 'u' }\n"
+        "[[ingest]]\nsource = 'pubsub'\nchannel = 'c'\ntype = 'user_followed'\n"
+        "recipients = { to = 'u' }\n"
     )
     env = {"REALTIME_AUTH_SECRET": "s" * 32}
     with pytest.raises(ConfigError, match=re.escape("ingest[0].redis_url is required")):
@@ -356,6 +357,17 @@ def test_a_rule_needs_a_redis(tmp_path: Path) -> None:
     assert load_settings(path, ENV).ingest[0].channel == "c"
     path.write_text(path.read_text() + "redis_url = 'redis://elsewhere:6379/1'\n")
     assert load_settings(path, env).ingest[0].redis_url == "redis://elsewhere:6379/1"
+    path.write_text(path.read_text().replace("user_followed", "post_shared"))
+    with pytest.raises(ConfigError, match=re.escape("ingest[0].type: 'post_shared' is not a")):
+        load_settings(path, env)
+    path.write_text(path.read_text() + "[notifications.types.post_shared]\n")
+    assert load_settings(path, env).ingest[0].type == "post_shared"
+    path.write_text(
+        path.read_text().replace(
+            "[notifications.types.post_shared]", "[notifications]\nfree_types = true"
+        )
+    )
+    assert load_settings(path, env).ingest[0].type == "post_shared"
 
 
 def test_the_examples_in_config_toml_are_valid_rules_and_every_setting_is_documented() -> None:
