@@ -62,6 +62,7 @@ class IngestRule:
     field: str = "data"
     claim_idle: float = 60.0
     batch: int = 100
+    concurrency: int = 8
     # Empty: broker.url.
     redis_url: str = ""
 
@@ -253,6 +254,7 @@ _KEYS: Final = {
     "field",
     "claim_idle",
     "batch",
+    "concurrency",
     "redis_url",
     "match",
     "type",
@@ -283,7 +285,7 @@ def parse_rules(raw: object) -> tuple[IngestRule, ...]:
         if rule.source == "stream":
             # Rules on one stream and group share one consumer: its settings must agree.
             first = streams.setdefault((rule.redis_url, rule.stream, rule.group), rule)
-            for setting in ("start", "field", "claim_idle", "batch"):
+            for setting in ("start", "field", "claim_idle", "batch", "concurrency"):
                 if getattr(first, setting) != getattr(rule, setting):
                     raise RuleError(
                         f"{where}.{setting}: rules reading stream {rule.stream!r} with group "
@@ -307,7 +309,7 @@ def _rule(where: str, table: dict[str, Any]) -> IngestRule:
         pattern = _string(where, table, "pattern", "")
         if bool(channel) == bool(pattern):
             raise RuleError(f"{where}: a pubsub rule sets exactly one of channel and pattern")
-        for key in ("stream", "group", "start", "field", "claim_idle", "batch"):
+        for key in ("stream", "group", "start", "field", "claim_idle", "batch", "concurrency"):
             if key in table:
                 raise RuleError(f"{where}.{key} is a stream setting; this rule is pubsub")
         values.update(channel=channel, pattern=pattern)
@@ -322,6 +324,7 @@ def _rule(where: str, table: dict[str, Any]) -> IngestRule:
             field=_string(where, table, "field", "data"),
             claim_idle=_number(where, table, "claim_idle", 60.0, minimum=1.0),
             batch=_integer(where, table, "batch", 100, minimum=1),
+            concurrency=_integer(where, table, "concurrency", 8, minimum=1),
         )
         if not values["stream"] or not values["group"]:
             raise RuleError(f"{where}: stream and group must not be empty")

@@ -6,6 +6,10 @@ notifications are committed, and its notifications carry ``<rule>:<entry id>`` a
 their ``dedupe_key``: an entry delivered again (this instance was killed between
 the commit and the XACK, or another one claimed it) creates nothing new.
 
+Up to ``concurrency`` entries of a read are handled at once, each acknowledged as
+soon as its own notifications are stored (so notifications of entries close
+together may be stored in another order; ``concurrency = 1`` keeps the stream's).
+
 Pending entries come back two ways: at start, and after any failure, this consumer
 first re-reads its own (XREADGROUP from 0); and every ``claim_idle / 2`` seconds
 it takes over entries that another consumer left pending for ``claim_idle``
@@ -69,6 +73,7 @@ class StreamConsumer:
         self._start = first.start
         self._field = first.field
         self._batch = first.batch
+        self._concurrency = first.concurrency
         self._claim_idle_ms = int(first.claim_idle * 1000)
         self._claim_every = max(first.claim_idle / 2, 0.5)
         self._trouble = Trouble(source, handler.metrics)
@@ -166,8 +171,18 @@ class StreamConsumer:
                 return
 
     async def _handle_all(self, entries: Entries) -> None:
-        for entry_id, fields in entries:
-            await self._handle(entry_id.decode(), fields)
+        """``concurrency`` entries at a time: each store call waits on a commit."""
+        step = self._concurrency
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
+            results = await asyncio.gather(
+                *(self._handle(entry_id.decode(), fields) for entry_id, fields in chunk),
+                return_exceptions=True,
+            )
+            # The others are done (acknowledged, or pending again): now start over.
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def _handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         where = f"entry {entry_id} of {self._stream}"

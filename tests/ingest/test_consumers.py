@@ -224,7 +224,8 @@ async def test_an_entry_whose_consumer_dies_after_the_commit_comes_back_with_the
     """Killed between storing and XACK: redelivered to the same consumer, same dedupe_key."""
     stream = f"events-{secrets.token_hex(4)}"
     ids = [await add(redis, stream, followed(n)) for n in range(5)]
-    config = settings(tmp_path, redis_server.url, stream_rules(stream))
+    # One at a time: the entries after the stalled one wait behind it.
+    config = settings(tmp_path, redis_server.url, stream_rules(stream, concurrency="1"))
     notifier = Recorder()
     committed = asyncio.Event()
     never = asyncio.Event()
@@ -266,6 +267,27 @@ async def test_entries_left_pending_by_a_dead_consumer_are_claimed(
     ingest = await start(config, notifier, consumer="b")
     try:
         await until(lambda: len(notifier.calls) == 4, "the dead consumer's entries")
+        assert sorted(notifier.dedupe_keys()) == sorted(f"follows:{i}" for i in ids)
+        await until_async(pending_is(redis, stream, 0))
+    finally:
+        await ingest.close()
+
+
+async def test_entries_of_a_read_are_handled_concurrency_at_a_time(
+    tmp_path: Path, redis: Redis, redis_server: RedisServer
+) -> None:
+    stream = f"events-{secrets.token_hex(4)}"
+    ids = [await add(redis, stream, followed(n)) for n in range(10)]
+    notifier = Recorder()
+    notifier.gate = asyncio.Event()  # every store call waits for a commit
+    config = settings(tmp_path, redis_server.url, stream_rules(stream, concurrency="4"))
+    ingest = await start(config, notifier)
+    try:
+        await until(lambda: notifier.entered == 4, "four entries in flight")
+        await asyncio.sleep(0.2)
+        assert notifier.entered == 4  # not a fifth while they wait
+        notifier.gate.set()
+        await until(lambda: len(notifier.calls) == 10, "all ten")
         assert sorted(notifier.dedupe_keys()) == sorted(f"follows:{i}" for i in ids)
         await until_async(pending_is(redis, stream, 0))
     finally:

@@ -97,11 +97,12 @@ def test_defaults_of_a_rule() -> None:
         "$",
         "data",
     )
-    assert (USER_FOLLOWED.claim_idle, USER_FOLLOWED.batch, USER_FOLLOWED.redis_url) == (
+    assert (USER_FOLLOWED.claim_idle, USER_FOLLOWED.batch, USER_FOLLOWED.concurrency) == (
         60.0,
         100,
-        "",
+        8,
     )
+    assert USER_FOLLOWED.redis_url == ""
 
 
 def test_match_is_equality_on_every_path() -> None:
@@ -392,6 +393,7 @@ def test_the_examples_in_config_toml_are_valid_rules_and_every_setting_is_docume
         "field",
         "claim_idle",
         "batch",
+        "concurrency",
         "redis_url",
         "match",
         "type",
