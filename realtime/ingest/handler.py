@@ -46,10 +46,11 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry, rules: Sequence[str]) -> None:
         self.events = Counter(
             "realtime_ingest_events",
-            "Ingested events by rule and outcome: matched (the rule's match held), "
-            "notified (its notifications are stored), skipped (matched but invalid or "
-            "unmappable: logged and dropped), failed (storing failed: a pub/sub event is "
-            "lost, a stream entry is tried again and counts again).",
+            "Ingested events by rule and outcome: matched (the rule's match held and "
+            "the event maps to a notification), notified (its notifications are stored), "
+            "skipped (not JSON, or matched but cannot be mapped: logged and dropped), "
+            "failed (storing failed: a pub/sub event is lost, a stream entry is tried "
+            "again and counts again).",
             ["rule", "outcome"],
             registry=registry,
         )
