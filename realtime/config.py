@@ -14,7 +14,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
+
+if TYPE_CHECKING:
+    from .ingest.rules import IngestRule
 
 ENV_PREFIX = "REALTIME_"
 
@@ -412,6 +415,8 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    # [[ingest]] rules: notifications from other services' events (realtime/ingest/).
+    ingest: tuple[IngestRule, ...] = ()
 
     def check(self, *, auth: bool = True) -> None:
         self.server.check()
@@ -434,6 +439,27 @@ class Settings:
         self.email.check()
         self.webhook.check()
         self.notifications.check()
+        self._check_ingest()
+
+    def _check_ingest(self) -> None:
+        for index, rule in enumerate(self.ingest):
+            url = rule.redis_url or self.broker.url
+            if not url:
+                raise ConfigError(
+                    f"ingest[{index}].redis_url is required when broker.url is empty "
+                    "(the events come from Redis)"
+                )
+            if not re.match(r"^rediss?://", url):
+                raise ConfigError(
+                    f"ingest[{index}]: reading events from a Redis Cluster is not supported; "
+                    "set redis_url to a redis:// url"
+                )
+            if self.notifications.type_settings(rule.type) is None:
+                # Else every event of the rule would be refused, one by one, at run time.
+                raise ConfigError(
+                    f"ingest[{index}].type: {rule.type!r} is not a notification type; "
+                    f"declare [notifications.types.{rule.type}] or set notifications.free_types"
+                )
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -472,7 +498,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     sections = {name: dict(raw.get(name, {})) for name in _SECTIONS}
     for key in raw:
-        if key not in _SECTIONS and key != "namespaces":
+        if key not in _SECTIONS and key not in ("namespaces", "ingest"):
             raise ConfigError(f"unknown section [{key}] (known: {', '.join(_known_sections())})")
     _apply_environment(sections, env)
     values: dict[str, Any] = {
@@ -482,13 +508,19 @@ def load_settings(
     }
     values["notifications"] = _notifications(sections["notifications"])
     values["namespaces"] = _namespaces(raw.get("namespaces"))
+    from .ingest.rules import RuleError, parse_rules  # imports auth, which imports this
+
+    try:
+        values["ingest"] = parse_rules(raw.get("ingest"))
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
     settings = Settings(**values)
     settings.check(auth=auth)
     return settings
 
 
 def _known_sections() -> list[str]:
-    return [*_SECTIONS, "namespaces"]
+    return [*_SECTIONS, "namespaces", "ingest"]
 
 
 def _namespaces(raw: object) -> dict[str, NamespaceSettings]:

@@ -12,6 +12,8 @@ its own, and callers use the service for the job:
 - ``membership``: REST membership, the follow graph, disconnects (``membership.py``)
 - ``notices``: notifications (``notices.py``)
 - ``push``: Web Push subscriptions (``push_subscriptions.py``)
+- ``ingest``: notifications from other services' events, with ``[[ingest]]``
+  rules (``ingest/``)
 
 Errors reach callers as ``CommandError`` with a protocol error code; the
 WebSocket and REST layers only translate them. Events from the broker come in
@@ -44,6 +46,7 @@ from .config import Settings
 from .convert import to_message
 from .events import Event, MembershipChange, UserDisconnect
 from .hub import Hub
+from .ingest.service import Ingest
 from .joins import Joins
 from .membership import Membership
 from .messages import Messages
@@ -103,6 +106,13 @@ class Node:
         )
         self.notices = Notices(store, stored, publisher, self.metrics, settings)
         self.push = PushSubscriptions(settings.webpush, store, stored)
+        self.ingest = (
+            Ingest(
+                settings, self.notices, consumer=self.instance_id, registry=self.metrics.registry
+            )
+            if settings.ingest
+            else None
+        )
         self._publisher = publisher
         self._loops = TaskSet()
         # Engine.IO sessions by id (sio.py keeps its own objects here).
@@ -122,6 +132,8 @@ class Node:
         )
         interval = settings.delivery.tail_check_interval
         self._loops.spawn(check_tails(self.store, self.hub, interval), "tail-check")
+        if self.ingest is not None:
+            self.ingest.start()
 
     async def drain(self) -> None:
         """Close every connection with 1012 once its command in flight is answered."""
@@ -139,6 +151,8 @@ class Node:
             log.warning("%d connections still open after drain", len(self.hub.connections))
 
     async def close(self) -> None:
+        if self.ingest is not None:
+            await self.ingest.close()
         await self._loops.close()
         await self.tasks.close()
         self.clients.close()
