@@ -16,6 +16,11 @@ Transports (the Engine.IO rules):
   ``3probe``, the waiting GET gets a noop, and ``5`` moves the connection (and
   whatever it had queued) to the WebSocket (``Connection.rebind``).
 
+Polling requests that reached another instance come here through the relay
+(``sio_relay.py``: ``poll``, ``post``, ``probed``); an upgrade that reached
+another instance takes the session there (``take``, then ``taken``; see
+``sio_move.py``).
+
 Closing with a native close code: the client first gets the event ``closing``
 with ``{code, reason}``; then, unless the close invites a reconnect (1001, 1011,
 1012), the DISCONNECT packet, after which socket.io-client does not reconnect by
@@ -28,6 +33,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
@@ -70,6 +76,7 @@ from .frames import data_frame, encode_frame, text_frame
 from .logs import bind, bound
 from .node import Node
 from .session import Session, bearer
+from .sio_state import MovedSession, pack_moved
 from .websocket import WebSocket
 
 log = logging.getLogger(__name__)
@@ -85,12 +92,22 @@ Commands = list[tuple[float, Command | Rejected]]
 
 
 class PollingSink:
-    """A polling session's send buffer: packets, each followed by the separator."""
+    """A polling session's send buffer: packets, each followed by the separator.
 
-    __slots__ = ("_buffer", "_ready", "closed", "getting", "posting")
+    It remembers where each write ends: a GET takes whole writes when it can. A
+    write ends with the recovery offset when it moved the connection on
+    (``EngineSocket._tail``), so a client that loses the connection between two
+    GETs holds an offset that covers every message it got, and its recovery
+    brings nothing twice. Only a single write of more packets than one response
+    takes is cut inside.
+    """
+
+    __slots__ = ("_buffer", "_ready", "_writes", "closed", "getting", "posting")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._writes: deque[tuple[int, int]] = deque()
+        """(bytes, packets) of each write still buffered, oldest first."""
         self._ready = asyncio.Event()
         self.closed = False
         self.getting = False
@@ -98,6 +115,7 @@ class PollingSink:
 
     def write(self, data: bytes) -> None:
         self._buffer += data
+        self._writes.append((len(data), data.count(SEPARATOR)))
         self._ready.set()
 
     def is_closing(self) -> bool:
@@ -118,6 +136,7 @@ class PollingSink:
     def drain(self) -> bytes:
         data = bytes(self._buffer)
         self._buffer.clear()
+        self._writes.clear()
         self._ready.clear()
         return data
 
@@ -132,16 +151,24 @@ class PollingSink:
                     await self._ready.wait()
             except TimeoutError:
                 pass
-        end = -1
-        for _ in range(MAX_PACKETS_PER_POLL):
-            end = buffer.find(SEPARATOR, end + 1)
-            if end < 0:
-                return self.drain()[: -len(SEPARATOR)]  # every packet ends with one
-        data = bytes(buffer[:end])
-        del buffer[: end + 1]
+        writes = self._writes
+        size = packets = 0
+        while writes and packets + writes[0][1] <= MAX_PACKETS_PER_POLL:
+            length, count = writes.popleft()
+            size += length
+            packets += count
+        if not packets and writes:  # one write too large for a response: cut it
+            length, count = writes[0]
+            size = -1
+            for _ in range(MAX_PACKETS_PER_POLL):
+                size = buffer.find(SEPARATOR, size + 1)
+            size += len(SEPARATOR)
+            writes[0] = (length - size, count - MAX_PACKETS_PER_POLL)
+        data = bytes(buffer[:size])
+        del buffer[:size]
         if not buffer:
             self._ready.clear()
-        return data
+        return data[: -len(SEPARATOR)]  # every packet ends with one
 
 
 class EngineSocket:
@@ -178,11 +205,19 @@ class EngineSocket:
         self._client_closed = False
         self._close_code: int = CloseCode.NORMAL
         self._positions: dict[str, int] = {}
+        # A replay of missed messages is under way: the offset goes at its end even
+        # when the positions it names were known before.
+        self._offset_due = False
         self._history: dict[str, bool] = {}
         self._end_timer: asyncio.TimerHandle | None = None
         self._ended = False
         self._closed = False
+        self._moved = False
         node.hub.add_connection(self.conn)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.conn.authenticated
 
     def open_frame(self) -> bytes:
         """Engine.IO's open packet, in this socket's framing."""
@@ -310,6 +345,7 @@ class EngineSocket:
             if not recovered:
                 pid = secrets.token_urlsafe(12)
             self.connected = True
+            self._offset_due = True
             conn.reply_frame(self._frame("4" + connected(result.session, pid)))
             for room in joined:
                 if self._keeps_history(room.room):
@@ -335,9 +371,18 @@ class EngineSocket:
         one), else what it last had. Sent as the event ``offset`` whose argument
         socket.io-client keeps and hands back in its next CONNECT.
         """
-        conn = self.conn
-        if not self.connected or conn.holding:
+        if not self.connected or self.conn.holding:
             return None
+        positions = self._standing()
+        if positions == self._positions and not (self._offset_due and positions):
+            return None
+        self._offset_due = False
+        self._positions = positions
+        return self._frame("42" + orjson.dumps(["offset", encode_offset(positions)]).decode())
+
+    def _standing(self) -> dict[str, int]:
+        """Where the connection stands in each room with history it is in."""
+        conn = self.conn
         rooms = self._node.hub.rooms
         old = self._positions
         positions: dict[str, int] = {}
@@ -353,10 +398,13 @@ class EngineSocket:
                 positions[name] = room.seq
             elif name in old:
                 positions[name] = old[name]
-        if positions == old:
-            return None
+        return positions
+
+    def resume(self, connected: bool, positions: dict[str, int]) -> None:
+        """A moved session rebuilt here (``sio_move.py``) goes on where it stood."""
+        self.connected = connected
         self._positions = positions
-        return self._frame("42" + orjson.dumps(["offset", encode_offset(positions)]).decode())
+        self._offset_due = True
 
     # Output and closing -----------------------------------------------------------------
 
@@ -453,16 +501,65 @@ class EngineSocket:
             return False
         conn.flush()
         queued = sink.drain()
-        conn.rebind(ws.transport, SIO_WEBSOCKET, self._closing, _polled_to_frames)
+        conn.rebind(ws.transport, SIO_WEBSOCKET, self._closing, polled_to_frames)
         self._node.hub.recode(conn, SIO_POLLING)
         if queued:
-            ws.transport.write(_polled_to_frames(queued))
+            ws.transport.write(polled_to_frames(queued))
         self.polling = None
         sink.abort()  # a GET still waiting ends with a noop
         self.ws = ws
         self._node.admission.closed(probe)  # the probe's place; the session has its own
         ws.hand_over(conn, self)
         return True
+
+    def take(self) -> bytes | None:
+        """Hand this polling session to the instance that holds its WebSocket.
+
+        Returns its state (``sio_state.MovedSession``), packed, with what was
+        queued for it; from then on nothing is written here and no closing
+        packet goes out. It stays in its rooms and presence until ``taken`` (or
+        ``server.relay_timeout``), so that the move shows nobody a leave and a join.
+        None: it cannot move now (closing, or a POST under way).
+        """
+        sink = self.polling
+        conn = self.conn
+        if sink is None or sink.closed or conn.closing or sink.posting:
+            return None
+        conn.flush()  # what this iteration queued goes with the rest, offset included
+        standing = self._standing()
+        identity = conn.identity
+        state = MovedSession(
+            user=identity.user if identity is not None else None,
+            expires_at=identity.expires_at if identity is not None else 0.0,
+            connected=self.connected,
+            rooms=tuple((room, standing.get(room)) for room in conn.rooms),
+            granted=tuple(room for room in conn.rooms if conn.is_granted(room)),
+            queued=sink.drain(),
+        )
+        self._moved = True
+        self.polling = None
+        sink.abort()  # a GET still waiting ends with a noop
+        conn.end()
+        timeout = self._node.settings.server.relay_timeout
+        self._end_timer = asyncio.get_running_loop().call_later(timeout, self.taken)
+        return pack_moved(state)
+
+    def taken(self) -> None:
+        """The session lives on another instance now (or never will): forget it here."""
+        if not self._moved or self._ended:
+            return
+        self._ended = True
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+        self._node.tasks.spawn(self.close(), f"moved {self.conn.id}")
+
+    def reply_lost(self) -> None:
+        """A relayed answer did not reach the broker: the client, which got an error
+        instead, reconnects with a new session; this one must not go on with a hole."""
+        if self._moved:
+            self.taken()
+        else:
+            self.conn.close(CloseCode.GOING_AWAY, "a relayed answer was lost")
 
     # End --------------------------------------------------------------------------------
 
@@ -505,7 +602,7 @@ def _recovery(auth: dict[object, object]) -> tuple[str | None, dict[str, int]]:
         return None, {}
 
 
-def _polled_to_frames(data: bytes) -> bytes:
+def polled_to_frames(data: bytes) -> bytes:
     """Polling packets (each followed by the separator) as WebSocket text frames."""
     return b"".join(text_frame(part) for part in data.split(SEPARATOR) if part)
 
@@ -575,6 +672,9 @@ def open_websocket(
 
 
 def upgradable(node: Node, sid: str) -> bool:
-    """Whether a WebSocket may take over session ``sid`` (a polling one of ours)."""
+    """Whether a WebSocket may take over session ``sid``: a polling one of ours, or
+    one that another instance may hold (the probe asks it, ``sio_move.py``)."""
     engine = node.engine_sessions.get(sid)
-    return engine is not None and engine.polling is not None and not engine.conn.closing
+    if engine is None:
+        return node.relay.reaches(sid)
+    return engine.polling is not None and not engine.conn.closing
