@@ -213,6 +213,8 @@ class EngineSocket:
         self._ended = False
         self._closed = False
         self._moved = False
+        self._relayed_poll: PollingSink | None = None
+        self._last_poll: tuple[str | None, bytes] = (None, b"")
         node.hub.add_connection(self.conn)
 
     @property
@@ -435,11 +437,23 @@ class EngineSocket:
             self.ws.transport.write(b"".join(text_frame(text.encode()) for text in final))
             self.ws.close(code, reason)
 
-    async def poll(self) -> tuple[int, bytes]:
-        """A polling GET: (status, body)."""
+    async def poll(self, key: str | None = None, *, relayed: bool = False) -> tuple[int, bytes]:
+        """A polling GET: (status, body).
+
+        ``key``: the request's ``t`` (clients make one per request). A GET with the
+        key of the last one answered is that request again, sent a second time by
+        the load balancer after the instance that relayed it died: it gets the same
+        answer, or the packets in it would be lost while the session goes on.
+
+        ``relayed``: its answer still has to cross the broker, and counts as the GET
+        under way until ``relayed_poll_done``: a GET that comes meanwhile overlaps,
+        which ends the session (the client reconnects and recovers).
+        """
         sink = self.polling
         if sink is None:
             return 400, error_body(RequestError.BAD_REQUEST)
+        if key is not None and key == self._last_poll[0] and not sink.getting:
+            return 200, self._last_poll[1]
         if sink.getting:
             self.conn.close(CloseCode.BAD_FRAME, "overlapping polling GET requests")
             return 400, error_body(RequestError.BAD_REQUEST)
@@ -447,11 +461,27 @@ class EngineSocket:
         sink.getting = True
         try:
             data = await sink.take(self._node.settings.server.ping_interval)
-        finally:
+        except BaseException:
+            sink.getting = False
+            raise
+        if relayed:
+            self._relayed_poll = sink
+        else:
             sink.getting = False
         if self.polling is sink and sink.closed and not sink.get_write_buffer_size():
             self._end()  # the close packet is on its way
-        return 200, data or b"6"
+        answer = data or b"6"
+        self._last_poll = (key, answer)
+        return 200, answer
+
+    def relayed_poll_done(self, delivered: bool) -> None:
+        """The answer of a relayed GET reached the broker, or (``delivered`` False)
+        surely did not reach the client."""
+        sink, self._relayed_poll = self._relayed_poll, None
+        if sink is not None:
+            sink.getting = False
+        if not delivered:
+            self.reply_lost()
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
         """A polling POST: (status, body)."""

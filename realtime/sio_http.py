@@ -63,7 +63,7 @@ async def socketio_endpoint(request: web.Request) -> web.StreamResponse:
     if engine.conn.authenticated:
         _leave_admission(request)
     if request.method == "GET":
-        status, body = await engine.poll()
+        status, body = await engine.poll(request.query.get("t"))
     else:
         status, body = await engine.post(await request.read())
     return _respond(status, body, origin)
@@ -78,7 +78,8 @@ async def _relayed(
         return _error(RequestError.UNKNOWN_SID, origin)
     reply: Reply
     if request.method == "GET":
-        reply = await node.relay.request(owner, Op.GET, sid)
+        key = request.query.get("t", "").encode()
+        reply = await node.relay.request(owner, Op.GET, sid, key)
     else:
         reply = await node.relay.request(owner, Op.POST, sid, await request.read())
     if reply.authenticated:

@@ -22,7 +22,8 @@ reconnects and recovers what it missed with its pid and offset (docs/socketio.md
   may have carried packets, so the owner ends that session, which the client,
   having got an error, no longer uses.
 
-The ops: ``get`` (a long poll) and ``post`` (packets in); for a WebSocket upgrade
+The ops: ``get`` (a long poll; its body is the request's ``t``, see
+``EngineSocket.poll``) and ``post`` (packets in); for a WebSocket upgrade
 that reached another instance ``probe``, ``take`` (hand the session over, see
 ``sio_move.py``) and ``taken`` (the new instance has it: let the old one go);
 ``ping`` asks whether an owner is alive.
@@ -92,7 +93,7 @@ class Reply:
         return self.status == 200
 
 
-_ENDS_WHEN_LOST: Final = frozenset({Op.GET, Op.POST, Op.TAKE})
+_ENDS_WHEN_LOST: Final = frozenset({Op.POST, Op.TAKE})
 """Ops after whose lost reply the client gives the session up: so does the owner."""
 
 
@@ -153,7 +154,10 @@ class RelayTarget(Protocol):
     @property
     def authenticated(self) -> bool: ...
 
-    async def poll(self) -> tuple[int, bytes]: ...
+    async def poll(self, key: str | None = None, *, relayed: bool = False) -> tuple[int, bytes]: ...
+
+    def relayed_poll_done(self, delivered: bool) -> None:
+        """A relayed GET's answer was handed to the broker (or was lost)."""
 
     async def post(self, body: bytes) -> tuple[int, bytes]: ...
 
@@ -295,14 +299,25 @@ class Relay:
         self._tasks.spawn(self._serve(message), f"relay-{message.op.value}")
 
     async def _serve(self, request: Request) -> None:
+        self._metrics.sio_relay_served.labels(request.op.value).inc()
         try:
-            self._metrics.sio_relay_served.labels(request.op.value).inc()
-            target = self._lookup(request.sid) if request.op is not Op.PING else None
-            reply = GONE if target is None and request.op is not Op.PING else Reply(200, b"")
-            if target is not None:
+            if request.op is Op.PING:
+                await self._answer(request, Reply(200, b""))
+                return
+            target = self._lookup(request.sid)
+            if target is None:
+                await self._answer(request, GONE)
+                return
+            try:
                 reply = await self._carry_out(target, request)
+            except Exception:
+                # The top of this request's work, as a local request's handler.
+                log.exception("serving a relayed %s failed", request.op.value)
+                reply = Reply(500, error_body(RequestError.BAD_REQUEST))
             delivered = await self._answer(request, reply)
-            if not delivered and target is not None and request.op in _ENDS_WHEN_LOST:
+            if request.op is Op.GET:
+                target.relayed_poll_done(delivered)
+            elif not delivered and request.op in _ENDS_WHEN_LOST:
                 target.reply_lost()
         finally:
             self._serving -= 1
@@ -310,7 +325,8 @@ class Relay:
     async def _carry_out(self, target: RelayTarget, request: Request) -> Reply:
         match request.op:
             case Op.GET:
-                status, body = await target.poll()
+                key = request.body.decode(errors="replace") or None
+                status, body = await target.poll(key, relayed=True)
             case Op.POST:
                 status, body = await target.post(request.body)
             case Op.PROBE:
