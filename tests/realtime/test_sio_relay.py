@@ -20,7 +20,8 @@ import pytest
 from realtime.broker import BrokerHandler, BrokerUnavailable
 from realtime.config import Settings
 from realtime.metrics import Metrics
-from realtime.sio import MAX_PACKETS_PER_POLL, PollingSink, open_polling
+from realtime.sio import open_polling
+from realtime.sio_polling import MAX_PACKETS_PER_POLL, PollingSink
 from realtime.sio_relay import (
     GONE,
     Op,
