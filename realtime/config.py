@@ -57,6 +57,10 @@ class ServerSettings:
     reconnect_rate: float = 200.0
     reconnect_delay: float = 0.5
     max_handshake_rate: float = 0.0
+    # Socket.IO polling on several instances (sio_relay.py): the wait for the owning
+    # instance beyond a long poll's own, and relayed requests waiting or served at once.
+    relay_timeout: float = 10.0
+    max_relayed: int = 1000
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operations: log lines as text or JSON (with each connection's user and
@@ -88,6 +92,8 @@ class ServerSettings:
         _at_least("server.reconnect_rate", self.reconnect_rate, 0.1)
         _at_least("server.reconnect_delay", self.reconnect_delay, 0)
         _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
+        _at_least("server.relay_timeout", self.relay_timeout, 0.1)
+        _at_least("server.max_relayed", self.max_relayed, 1)
 
 
 @dataclass(frozen=True, slots=True)

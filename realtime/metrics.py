@@ -132,6 +132,20 @@ class Metrics:
         self.storage_errors = Counter(
             "realtime_storage_errors", "Store calls that failed (unavailable).", registry=r
         )
+        self.sio_relayed = Counter(
+            "realtime_sio_relayed",
+            "Socket.IO requests for a session another instance holds, relayed to it, by op "
+            "and result (ok, gone, unavailable, timeout, overloaded).",
+            ["op", "result"],
+            registry=r,
+        )
+        self.sio_relay_served = Counter(
+            "realtime_sio_relay_served",
+            "Socket.IO requests relayed here by other instances for sessions this one "
+            "holds, by op.",
+            ["op"],
+            registry=r,
+        )
 
         # Labelled children, looked up once: labels() costs more than the count.
         self._outcomes: dict[tuple[str, str], Any] = {}

@@ -14,10 +14,12 @@ its own, and callers use the service for the job:
 - ``push``: Web Push subscriptions (``push_subscriptions.py``)
 - ``ingest``: notifications from other services' events, with ``[[ingest]]``
   rules (``ingest/``)
+- ``relay``: Socket.IO polling requests for sessions other instances hold
+  (``sio_relay.py``), over the broker's direct messages
 
 Errors reach callers as ``CommandError`` with a protocol error code; the
 WebSocket and REST layers only translate them. Events from the broker come in
-through ``on_event`` and ``on_resync`` (the broker's handler).
+through ``on_event``, ``on_resync`` and ``on_direct`` (the broker's handler).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
 from .push_subscriptions import PushSubscriptions
+from .sio_relay import Relay
 from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
@@ -115,8 +118,10 @@ class Node:
         )
         self._publisher = publisher
         self._loops = TaskSet()
-        # Engine.IO sessions by id (sio.py keeps its own objects here).
-        self.engine_sessions: EngineSessions[Any] = EngineSessions(self.instance_id)
+        # Engine.IO sessions by id (sio.py keeps its own objects here); an id names
+        # the broker address of its instance, where the others relay its requests.
+        self.engine_sessions: EngineSessions[Any] = EngineSessions(broker.address)
+        self.relay = Relay(broker, settings, self.metrics, self.tasks, self.engine_sessions.get)
 
     # Lifecycle ---------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Node:
         self._loops.spawn(check_tails(self.store, self.hub, interval), "tail-check")
         if self.ingest is not None:
             self.ingest.start()
+        self._loops.spawn(self.relay.watch(), "relay-watch")
 
     async def drain(self) -> None:
         """Close every connection with 1012 once its command in flight is answered."""
@@ -201,6 +207,9 @@ class Node:
         self.hub.resync()
         # Removals whose events were lost are in the store: apply them here.
         self.tasks.spawn(self._audit(), "membership-audit")
+
+    def on_direct(self, data: bytes) -> None:
+        self.relay.on_direct(data)
 
     async def _audit(self) -> None:
         try:

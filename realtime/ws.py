@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from protocol import CODECS, JSON, SUBPROTOCOLS, engineio
 
-from . import sio
+from . import sio, sio_move
 from .admission import Ticket
 from .app_keys import NODE
 from .listener import http_error, refuse
@@ -69,7 +69,13 @@ def handshake(node: Node, request: Request) -> tuple[Response, Opener | None]:
         if sid is not None and not sio.upgradable(node, sid):
             return _engine_refusal(engineio.RequestError.UNKNOWN_SID), None
         negotiator = ServerProtocol()
-        opener = partial(sio.open_websocket, node, sid=sid, authorization=authorization)
+        if sid is not None and node.engine_sessions.get(sid) is None:
+            # Another instance's session: it moves here if the probe succeeds.
+            opener = partial(
+                sio_move.open_remote_upgrade, node, sid=sid, authorization=authorization
+            )
+        else:
+            opener = partial(sio.open_websocket, node, sid=sid, authorization=authorization)
     else:
         negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
     response = negotiator.accept(request)
