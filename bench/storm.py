@@ -125,6 +125,18 @@ def main() -> int:
     parser.add_argument(
         "--reconnect-rate", type=float, default=300.0, help="server.reconnect_rate (advice)"
     )
+    parser.add_argument(
+        "--max-opening",
+        type=int,
+        default=256,
+        help="server.max_opening in both modes (0: no limit, as before it existed)",
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=float,
+        default=2.0,
+        help="server.max_lag in both modes (0: never refuse for it, as before it existed)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per phase")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--procs", type=int, default=1, help="generator processes")
@@ -150,6 +162,8 @@ def main() -> int:
             env = {
                 "REALTIME_SERVER_MAX_HANDSHAKE_RATE": str(args.handshake_rate if paced else 0),
                 "REALTIME_SERVER_RECONNECT_RATE": str(args.reconnect_rate),
+                "REALTIME_SERVER_MAX_OPENING": str(args.max_opening),
+                "REALTIME_SERVER_MAX_LAG": str(args.max_lag),
                 # Rejoins a minute late still get everything in the join reply.
                 "REALTIME_DELIVERY_RECOVERY_LIMIT": "10000",
             }

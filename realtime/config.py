@@ -50,10 +50,13 @@ class ServerSettings:
     keepalive_timeout: float = 75.0
     max_unauthenticated: int = 2048
     # Pacing reconnects (pacing.py): the advice in paced closes, and new WebSockets
-    # per second past which handshakes get 503 with Retry-After (0: no limit).
+    # per second past which handshakes get 503 with Retry-After (0: no limit), and
+    # the WebSockets still opening past which they do too.
     reconnect_rate: float = 200.0
     reconnect_delay: float = 0.5
     max_handshake_rate: float = 0.0
+    max_opening: int = 256
+    max_lag: float = 2.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operations: log lines as text or JSON (with each connection's user and
@@ -85,6 +88,8 @@ class ServerSettings:
         _at_least("server.reconnect_rate", self.reconnect_rate, 0.1)
         _at_least("server.reconnect_delay", self.reconnect_delay, 0)
         _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
+        _at_least("server.max_opening", self.max_opening, 0)
+        _at_least("server.max_lag", self.max_lag, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,11 +44,12 @@ from .convert import to_message
 from .events import Event, MembershipChange, UserDisconnect
 from .hub import Hub
 from .joins import Joins
+from .lag import LoopLag
 from .membership import Membership
 from .messages import Messages
 from .metrics import Metrics
 from .notices import Notices
-from .pacing import HandshakeLimiter, ReconnectPacer
+from .pacing import HandshakeLimiter, OpeningLimit, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
@@ -81,6 +82,8 @@ class Node:
         server = settings.server
         self.reconnects = ReconnectPacer(server.reconnect_rate, server.reconnect_delay)
         self.handshakes = HandshakeLimiter(server.max_handshake_rate)
+        self.openings = OpeningLimit(server.max_opening)
+        self.lag = LoopLag(on_sample=self.metrics.loop_lag.set)
         self.auth = Authenticator(settings.auth)
         self.policy = Policy(settings.namespaces, store, self.auth)
         self.hub = Hub(broker, self._fetch_missed, settings.delivery, self.metrics)
@@ -108,6 +111,7 @@ class Node:
         await self.broker.start(self)
         await self.presence.start(self._presence_changed)
         settings = self.settings
+        self._loops.spawn(self.lag.run(), "loop-lag")
         self._loops.spawn(self.clients.heartbeat(), "heartbeat")
         self._loops.spawn(self.typing.expire(), "typing-expiry")
         self._loops.spawn(retain(self.store, settings), "retention")

@@ -65,8 +65,32 @@ class _Frames(Protocol):
         super().fail(code, reason)
 
 
+def turned_away(node: Node) -> Response | None:
+    """The 503 for a new WebSocket when this instance takes none now: draining, its
+    event loop behind (``server.max_lag``), too many still opening
+    (``server.max_opening``), past ``server.max_handshake_rate``.
+
+    Asked before the upgrade's headers are parsed: in a reconnect storm most
+    attempts are refused, and a refusal must cost next to nothing.
+    """
+    if node.draining:
+        return _refusal(503, "unavailable", "server restarting: connect to another instance")
+    max_lag = node.settings.server.max_lag
+    overloaded = max_lag > 0 and node.lag.behind() > max_lag
+    # The opening cap first: a refusal for it takes no token from the rate limit.
+    retry_after = node.openings.admit(overloaded=overloaded)
+    if retry_after is None:
+        retry_after = node.handshakes.admit()
+    if retry_after is None:
+        return None
+    node.metrics.handshakes_refused.inc()
+    message = f"too many new connections: retry after {retry_after}s"
+    return _refusal(503, "unavailable", message, retry_after)
+
+
 def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
-    """The response to an upgrade request, and the subprotocol chosen (if accepted)."""
+    """The response to an upgrade request (past ``turned_away``), and the subprotocol
+    chosen (if accepted)."""
     settings = node.settings.server
     if request.path.partition("?")[0] != "/ws":
         return _refusal(404, "not_found", "WebSocket endpoint is /ws"), None
@@ -74,17 +98,10 @@ def handshake(node: Node, request: Request) -> tuple[Response, str | None]:
     allowed = settings.allowed_origins
     if origin is not None and allowed and "*" not in allowed and origin not in allowed:
         return _refusal(403, "forbidden", f"origin {origin} is not allowed"), None
-    if node.draining:
-        return _refusal(503, "unavailable", "server restarting: connect to another instance"), None
     negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
     response = negotiator.accept(request)
     if response.status_code != 101:
         return response, None
-    retry_after = node.handshakes.admit()
-    if retry_after is not None:
-        node.metrics.handshakes_refused.inc()
-        message = f"too many new connections: retry after {retry_after}s"
-        return _refusal(503, "unavailable", message, retry_after), None
     return response, negotiator.subprotocol
 
 
@@ -134,6 +151,7 @@ class WebSocket:
         "_frames",
         "_inbox",
         "_node",
+        "_opening",
         "_paused",
         "_session",
         "_transport",
@@ -174,6 +192,10 @@ class WebSocket:
         self.close_code: int | None = None
         self.finished = asyncio.get_running_loop().create_future()
         node.hub.add_connection(self.conn)
+        # Counted in server.max_opening until its start is done (``_opened``).
+        self._opening = True
+        node.openings.begin()
+        node.metrics.opening.set(node.openings.opening)
         # The session opens (header auth, user room) before any message is handled.
         self._worker: asyncio.Task[None] | None = asyncio.create_task(
             self._work(self._session.open(authorization))
@@ -240,6 +262,17 @@ class WebSocket:
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._worker = None
+            if self.conn.authenticated:
+                # Authenticated, and what the client sent meanwhile is answered.
+                self._opened()
+
+    def _opened(self) -> None:
+        """The start is over (done, or the connection is gone): free its place."""
+        if self._opening:
+            self._opening = False
+            openings = self._node.openings
+            openings.end()
+            self._node.metrics.opening.set(openings.opening)
 
     # Output ------------------------------------------------------------------------
 
@@ -289,6 +322,7 @@ class WebSocket:
         if self._close_timer is not None:
             self._close_timer.cancel()
         self.conn.end()
+        self._opened()
         self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
 
     async def _finish(self) -> None:
@@ -339,6 +373,10 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        refused = turned_away(self._node)
+        if refused is not None:
+            self._close_with(serialize(refused))  # what else comes is discarded
+            return
         self._handshake = ServerProtocol(max_size=self._node.settings.server.max_frame_bytes)
         self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
 
@@ -470,7 +508,8 @@ async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:
         return web.Response(status=400)
     upgrade = Request(request.path_qs, Headers(request.headers.items()))
-    response, subprotocol = handshake(node, upgrade)
+    refused = turned_away(node)
+    response, subprotocol = (refused, None) if refused is not None else handshake(node, upgrade)
     if response.status_code != 101:
         retry_after = response.headers.get("Retry-After")
         return web.Response(
