@@ -56,7 +56,7 @@ from .publisher import Publisher
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
-from .upkeep import check_tails, retain
+from .upkeep import catch_up_tails, check_tails, retain
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,18 @@ class Node:
                 assert_never(event)
 
     def on_resync(self) -> None:
-        self.hub.resync()
+        self.tasks.spawn(self._catch_up(), "resync")
         # Removals whose events were lost are in the store: apply them here.
         self.tasks.spawn(self._audit(), "membership-audit")
+
+    async def _catch_up(self) -> None:
+        """Events may have been lost: read what rooms missed, asking the store first
+        which rooms did (a query per thousand rooms, not a read per room)."""
+        try:
+            await catch_up_tails(self.store, self.hub)
+        except StorageError as error:
+            log.warning("catching up after a resync failed (%s): reading every room", error)
+            self.hub.resync()  # each room's read retries until the store is back
 
     async def _audit(self) -> None:
         try:
