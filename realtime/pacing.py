@@ -22,7 +22,7 @@ others. Three things keep that from being a stampede:
   while their clients retry: nothing completes any more. With it the excess is
   refused before any work, and told to come back at the pace openings finish.
 
-Both are plain objects fed with the time (``time.monotonic()`` by default), with no
+All three are plain objects fed with the time (``time.monotonic()`` by default), with no
 task and no I/O.
 """
 
