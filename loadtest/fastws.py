@@ -69,6 +69,9 @@ class FastConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader()
         self.opened: asyncio.Future[None] = loop.create_future()
+        # A refusal can land while the timeout cancels ``create_connection``, before
+        # ``connect`` holds this protocol: retrieved here, or asyncio reports it.
+        self.opened.add_done_callback(_retrieve)
         self.closed: asyncio.Future[int] = loop.create_future()
         """The close code once the TCP connection is gone (1006 without a close frame)."""
         self._on_payload: OnPayload | None = None
@@ -110,10 +113,6 @@ class FastConnection(asyncio.Protocol):
                 await protocol.opened
             except BaseException:
                 protocol.abort()
-                opened = protocol.opened
-                if opened.done() and not opened.cancelled():
-                    # A refusal that came as the timeout hit: seen, or asyncio warns.
-                    opened.exception()
                 raise
         return protocol
 
@@ -257,6 +256,11 @@ class FastConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def retry_after(head: bytes) -> float | None:

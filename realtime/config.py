@@ -53,7 +53,8 @@ class ServerSettings:
     keepalive_timeout: float = 75.0
     max_unauthenticated: int = 2048
     # Pacing reconnects (pacing.py): the advice in paced closes, and new WebSockets
-    # per second past which handshakes get 503 with Retry-After (0: no limit).
+    # per second past which handshakes get 503 with Retry-After (0: no limit), and
+    # the WebSockets still opening past which they do too.
     reconnect_rate: float = 200.0
     reconnect_delay: float = 0.5
     max_handshake_rate: float = 0.0
@@ -61,6 +62,8 @@ class ServerSettings:
     # instance beyond a long poll's own, and relayed requests waiting or served at once.
     relay_timeout: float = 10.0
     max_relayed: int = 1000
+    max_opening: int = 256
+    max_lag: float = 2.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operations: log lines as text or JSON (with each connection's user and
@@ -94,6 +97,8 @@ class ServerSettings:
         _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
         _at_least("server.relay_timeout", self.relay_timeout, 0.1)
         _at_least("server.max_relayed", self.max_relayed, 1)
+        _at_least("server.max_opening", self.max_opening, 0)
+        _at_least("server.max_lag", self.max_lag, 0)
 
 
 @dataclass(frozen=True, slots=True)

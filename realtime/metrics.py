@@ -48,7 +48,18 @@ class Metrics:
         self.connects = Counter("realtime_connects", "Connections authenticated.", registry=r)
         self.handshakes_refused = Counter(
             "realtime_handshakes_refused",
-            "WebSocket handshakes answered 503 past server.max_handshake_rate.",
+            "WebSocket handshakes answered 503 past server.max_handshake_rate or "
+            "server.max_opening.",
+            registry=r,
+        )
+        self.opening = Gauge(
+            "realtime_opening",
+            "WebSockets still opening: upgraded, not yet authenticated and answered.",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "realtime_event_loop_lag_seconds",
+            "How late the event loop ran a timer, last time it looked (every 0.25 s).",
             registry=r,
         )
         self.disconnects = Counter(
