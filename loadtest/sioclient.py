@@ -26,6 +26,10 @@ from .wsclient import ConnectionClosed
 
 TIMEOUT = 30.0
 
+IGNORED = (b'42["offset",', b'42["presence",', b'42["typing",')
+"""Events no load client looks at, dropped unread: realtime's /socket.io/ follows a
+write with the connection's recovery ``offset``, and presence and typing as on ``/ws``."""
+
 OnEvent = Callable[[str, list[Any]], None]
 OnAck = Callable[[int, list[Any]], None]
 
@@ -49,6 +53,7 @@ class SocketIOClient:
         self.on_event: OnEvent = _ignore
         self.on_ack: OnAck = _ignore_ack
         """Acks nobody awaits (ids from ``next_ack``, sent with ``emit(…, ack=…)``)."""
+        connection.skip = IGNORED
         connection.on_payload = self._on_payload
         connection.closed.add_done_callback(self._on_closed)
 

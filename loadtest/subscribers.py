@@ -17,6 +17,7 @@ import orjson
 
 from .dialing import Failures, open_all
 from .receiver import CountingConnection, Receiver, SendTimes
+from .sioclient import IGNORED as SOCKETIO_IGNORED
 from .sioclient import OnEvent, SocketIOClient
 from .stats import Histogram, SeqTotals
 from .target import SOCKETIO, Target
@@ -133,7 +134,7 @@ class Subscribers(Worker[SubscriberArgs]):
         self.latency = Histogram()
         if args.target.protocol == SOCKETIO:
             prefixes = socketio_prefixes(args.rooms[0])
-            self.receiver = Receiver(self.latency, SendTimes(), prefixes)
+            self.receiver = Receiver(self.latency, SendTimes(), prefixes, SOCKETIO_IGNORED)
         else:
             prefix = realtime_prefix(args.rooms[0])
             self.receiver = Receiver(self.latency, SendTimes(), prefix, IGNORED)
