@@ -192,7 +192,10 @@ def goals(subscribers: Sequence[int], points: list[Point], idles: list[Idle]) ->
     memory = {i.server: i.bytes_per_connection for i in idles}
     if memory.get(ours) is not None and memory.get(node) is not None:
         verdict = "met" if (memory[ours] or 0) < (memory[node] or 0) else "**not met**"
-        lines.append(f"| idle memory per connection < Node Socket.IO's | {verdict} (all S) |")
+        cells = [f"{verdict} (one figure for every S)"] + [""] * (len(subscribers) - 1)
+        lines.append(
+            "| idle memory per connection < Node Socket.IO's | " + " | ".join(cells) + " |"
+        )
     return lines
 
 
