@@ -61,8 +61,11 @@ class HandshakeError(ConnectionError):
 class FastConnection(asyncio.Protocol):
     def __init__(self, url: str, headers: dict[str, str], subprotocols: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
+        # None, not []: an empty list sends an empty Sec-WebSocket-Protocol header,
+        # which strict servers (Node's ws, so Socket.IO) refuse with a 400.
+        offered = [Subprotocol(p) for p in subprotocols] or None
         self._handshake: ClientProtocol | None = ClientProtocol(
-            parse_uri(url), subprotocols=[Subprotocol(p) for p in subprotocols], max_size=None
+            parse_uri(url), subprotocols=offered, max_size=None
         )
         self._headers = headers
         self._head = b""
