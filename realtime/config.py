@@ -324,6 +324,43 @@ class WebhookSettings:
         _at_least("webhook.timeout", self.timeout, 0.1)
 
 
+# The durable outbox (issue 10, outbox): the worker that delivers queued jobs -------
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    # Run the delivery worker on this instance (every instance may: they never take
+    # the same job at once).
+    enabled: bool = True
+    # Jobs in flight at once; the worker claims only as many as it has room for.
+    concurrency: int = 8
+    # At most this many jobs per claim.
+    batch: int = 50
+    # Seconds between looks for due jobs while there are none.
+    poll_interval: float = 1.0
+    # Seconds a claimed job is the worker's; a worker that dies holding it loses it
+    # then, and another takes it (at least once). A send is cut off before it ends.
+    lease: float = 60.0
+    # Tries before a job that keeps failing transiently is a dead letter.
+    max_attempts: int = 8
+    # Retry n waits a random time up to min(backoff_max, backoff_base * 2**(n-1)) seconds.
+    backoff_base: float = 2.0
+    backoff_max: float = 3600.0
+    # Seconds done and skipped jobs are kept (dead ones stay until requeued); 0: forever.
+    keep_finished: float = 604800.0
+
+    def check(self) -> None:
+        _at_least("outbox.keep_finished", self.keep_finished, 0)
+        _at_least("outbox.concurrency", self.concurrency, 1)
+        _at_least("outbox.batch", self.batch, 1)
+        _at_least("outbox.poll_interval", self.poll_interval, 0.01)
+        _at_least("outbox.lease", self.lease, 1.0)
+        _at_least("outbox.max_attempts", self.max_attempts, 1)
+        _at_least("outbox.backoff_base", self.backoff_base, 0.001)
+        if self.backoff_max < self.backoff_base:
+            raise ConfigError("outbox.backoff_max must be at least outbox.backoff_base")
+
+
 # Notifications (issue 10, inbox): types and what the inbox does with them ----------
 
 CHANNELS = ("in_app", "push", "email")
@@ -428,6 +465,7 @@ class Settings:
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
     # [[ingest]] rules: notifications from other services' events (realtime/ingest/).
     ingest: tuple[IngestRule, ...] = ()
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     def check(self, *, auth: bool = True) -> None:
         self.server.check()
@@ -471,6 +509,7 @@ class Settings:
                     f"ingest[{index}].type: {rule.type!r} is not a notification type; "
                     f"declare [notifications.types.{rule.type}] or set notifications.free_types"
                 )
+        self.outbox.check()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -485,6 +524,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "email": EmailSettings,
     "webhook": WebhookSettings,
     "notifications": NotificationSettings,
+    "outbox": OutboxSettings,
 }
 
 

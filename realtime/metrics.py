@@ -38,6 +38,9 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
+# Offline deliveries wait on purpose (unread delay, digests, quiet hours, backoff).
+OUTBOX_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -207,6 +210,36 @@ class Metrics:
             registry=r,
         )
 
+        # The outbox (realtime/outbox.py): what became of each delivery job (one count
+        # per row: a digest counts each notification it carries).
+        self.outbox_deliveries = Counter(
+            "realtime_outbox_deliveries",
+            "Delivery jobs the outbox worker settled, by transport and result: delivered, "
+            "retried, dead, skipped; deferred (online and unread, quiet hours, an open "
+            "digest window: back in the queue, no attempt charged).",
+            ["transport", "result"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "realtime_outbox_pending",
+            "Pending delivery jobs in the shared queue, by transport (due or not).",
+            ["transport"],
+            registry=r,
+        )
+        self.outbox_latency = Histogram(
+            "realtime_outbox_delivery_latency_seconds",
+            "From a notification's creation to its delivery by the outbox, by transport "
+            "(unread delay, quiet hours, digest windows and retries included).",
+            ["transport"],
+            registry=r,
+            buckets=OUTBOX_BUCKETS,
+        )
+        self.outbox_pauses = Counter(
+            "realtime_outbox_pauses",
+            "Times the outbox worker paused because storage was unavailable.",
+            registry=r,
+        )
+
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         timing = self._requests.get((route, method, status))
         if timing is None:
@@ -235,6 +268,16 @@ class Metrics:
         """Count one job a sender tried, and time it."""
         self.outbound_sends.labels(transport, outcome).inc()
         self.outbound_seconds.labels(transport).observe(seconds)
+
+    def outbox_settled(self, transport: str, result: str, rows: int = 1) -> None:
+        self.outbox_deliveries.labels(transport, result).inc(rows)
+
+    def outbox_delivered(self, transport: str, ages: list[float]) -> None:
+        """Delivered rows, each ``age`` seconds after its notification was made."""
+        self.outbox_settled(transport, "delivered", len(ages))
+        latency = self.outbox_latency.labels(transport)
+        for age in ages:
+            latency.observe(max(age, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ its own, and callers use the service for the job:
   rules (``ingest/``)
 - ``relay``: Socket.IO polling requests for sessions other instances hold
   (``sio_relay.py``), over the broker's direct messages
+- ``outbox``: the delivery worker and dead letters (``outbox.py``)
 
 Errors reach callers as ``CommandError`` with a protocol error code; the
 WebSocket and REST layers only translate them. Events from the broker come in
@@ -55,6 +56,7 @@ from .membership import Membership
 from .messages import Messages
 from .metrics import Metrics
 from .notices import Notices
+from .outbox import Outbox
 from .pacing import HandshakeLimiter, OpeningLimit, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
@@ -65,7 +67,7 @@ from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
-from .upkeep import catch_up_tails, check_tails, forget_dedupe_keys, retain
+from .upkeep import catch_up_tails, check_tails, forget_dedupe_keys, forget_deliveries, retain
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,10 @@ class Node:
             if settings.ingest
             else None
         )
+        self.outbox = Outbox(
+            settings, store, stored, presence, self.hub, self.notices, self.metrics
+        )
+        self.notices.queued = self.outbox.wake
         self._publisher = publisher
         self._loops = TaskSet()
         # Engine.IO sessions by id (sio.py keeps its own objects here); an id names
@@ -129,9 +135,16 @@ class Node:
     # Lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.broker.start(self)
-        await self.presence.start(self._presence_changed)
         settings = self.settings
+        if settings.outbox.enabled:
+            # First: a bad VAPID key or template file stops start-up before anything runs.
+            await self.outbox.start()
+        try:
+            await self.broker.start(self)
+            await self.presence.start(self._presence_changed)
+        except BaseException:
+            await self.outbox.close()
+            raise
         self._loops.spawn(self.lag.run(), "loop-lag")
         self._loops.spawn(self.clients.heartbeat(), "heartbeat")
         self._loops.spawn(self.typing.expire(), "typing-expiry")
@@ -144,10 +157,18 @@ class Node:
         if self.ingest is not None:
             self.ingest.start()
         self._loops.spawn(self.relay.watch(), "relay-watch")
+        if settings.outbox.enabled:
+            self._loops.spawn(self.outbox.run(), "outbox")
+        if settings.outbox.keep_finished:
+            self._loops.spawn(forget_deliveries(self.store, settings), "outbox-retention")
 
     async def drain(self) -> None:
         """Close every connection with 1012 once its command in flight is answered."""
         self.draining = True
+        # Jobs in flight finish meanwhile; no new ones are claimed.
+        outbox = self.tasks.spawn(
+            self.outbox.drain(self.settings.server.shutdown_timeout), "outbox-drain"
+        )
         connections = list(self.hub.connections)
         # Everyone leaves at once: the advice in each 1012 spreads them (pacing.py).
         self.reconnects.leaving(len(connections))
@@ -159,11 +180,13 @@ class Node:
                 await self.hub.wait_empty()
         except TimeoutError:
             log.warning("%d connections still open after drain", len(self.hub.connections))
+        await outbox
 
     async def close(self) -> None:
         if self.ingest is not None:
             await self.ingest.close()
         await self._loops.close()
+        await self.outbox.close()
         await self.tasks.close()
         self.clients.close()
         await self.hub.close()

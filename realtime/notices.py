@@ -10,7 +10,7 @@ Followers are taken in pages of ``FOLLOWER_BATCH``, one transaction each.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from protocol import CommandError, ErrorCode, jsonvalue
 from protocol.commands import MAX_ID
@@ -47,6 +47,8 @@ class Notices:
         self._metrics = metrics
         self._settings = settings
         self._own_types: dict[str, NotificationTypeSettings] = {}
+        # Called when delivery jobs were queued (the node points it at the outbox).
+        self.queued: Callable[[], None] = _nothing
 
     # Types -----------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class Notices:
             self._metrics.notifications_deduplicated.inc(len(recipients) - len(done.reached))
         if done.deliveries:
             self._metrics.deliveries_queued.inc(done.deliveries)
+            self.queued()
         await self._push(done.stored)
         return len(done.reached)
 
@@ -208,6 +211,10 @@ class _Batch:
     actor: str | None
     group_key: str | None
     dedupe_key: str | None
+
+
+def _nothing() -> None:
+    pass
 
 
 def _group_key(data_json: str, field: str) -> str | None:

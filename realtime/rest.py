@@ -19,6 +19,7 @@ from aiohttp import web
 from protocol import CommandError, ErrorCode
 from protocol.commands import DEFAULT_LIMIT, MAX_LIMIT
 from protocol.outgoing import HistoryResult, NotificationsResult, SendResult
+from storage import Delivery
 
 from . import http_log
 from . import rest_types as rt
@@ -231,6 +232,45 @@ async def put_preferences(
     node: Node, user: InPath[UserId], body: InBody[Preferences]
 ) -> dict[str, Any]:
     return (await node.notices.set_preferences(user, body)).to_wire()
+
+
+async def get_deliveries(
+    node: Node,
+    state: InQuery[
+        Annotated[rt.DeliveryState | None, Doc("Only jobs in this state (dead: the dead letters).")]
+    ] = None,
+    user: InQuery[Annotated[UserId | None, Doc("Only this user's jobs.")]] = None,
+    after: InQuery[Annotated[Seq | None, Doc("Only ids above this (paging).")]] = None,
+    limit: InQuery[Limit] = DEFAULT_LIMIT,
+) -> dict[str, Any]:
+    found = await node.outbox.deliveries(
+        user=user, state=state, limit=min(limit, MAX_LIMIT), after=after
+    )
+    return {"deliveries": [_delivery(d) for d in found]}
+
+
+async def post_delivery_retry(node: Node, id: InPath[rt.DeliveryId]) -> dict[str, Any]:
+    return _delivery(await node.outbox.requeue(id))
+
+
+def _delivery(job: Delivery) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "user": job.user,
+        "transport": job.transport,
+        "notification_id": job.notification_id,
+        "type": job.type,
+        "data": orjson.Fragment(job.data),
+        "actor": job.actor,
+        "group_key": job.group_key,
+        "created_at": job.created_at,
+        "due_at": job.due_at,
+        "state": job.state,
+        "attempts": job.attempts,
+        "leased_until": job.leased_until,
+        "last_error": job.last_error,
+        "finished_at": job.finished_at,
+    }
 
 
 NO_REASON = DisconnectRequest()
@@ -451,6 +491,23 @@ ROUTES: tuple[Route, ...] = (
         "Replace the user's notification preferences; answers the document kept.",
         (Reply(200, "The preferences document.", Preferences),),
         WITH_BODY,
+    ),
+    Route(
+        "GET",
+        f"{API}/deliveries",
+        get_deliveries,
+        "The outbox's delivery jobs, ascending by id: by state (dead: the dead letters) and user.",
+        (Reply(200, "Delivery jobs.", rt.Deliveries),),
+        (E.BAD_REQUEST, E.UNAVAILABLE),
+    ),
+    Route(
+        "POST",
+        f"{API}/deliveries/{{id}}/retry",
+        post_delivery_retry,
+        "Requeue a dead delivery job: pending again, due now, attempts from zero "
+        "(404 when there is no dead job with that id).",
+        (Reply(200, "The job, requeued.", rt.DeliveryInfo),),
+        (E.BAD_REQUEST, E.NOT_FOUND, E.UNAVAILABLE),
     ),
     Route(
         "POST",

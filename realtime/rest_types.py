@@ -285,3 +285,41 @@ class VapidPublicKey(TypedDict):
     public_key: Annotated[
         str, Doc("The VAPID public key, base64url: PushManager.subscribe's applicationServerKey.")
     ]
+
+
+# The outbox ------------------------------------------------------------------------------
+
+DeliveryState = Literal["pending", "done", "skipped", "dead"]
+DeliveryId = Annotated[int, Range(1, MAX_ID), Doc("A delivery job's id.")]
+
+
+class DeliveryInfo(TypedDict):
+    """One delivery job of the outbox: a notification for one user on one transport."""
+
+    id: Annotated[int, Doc("The job; its idempotency key is rt-<id>.")]
+    user: str
+    transport: Literal["webpush", "webhook", "email"]
+    notification_id: Annotated[
+        int | None, Doc("The stored notification; null when the user keeps no in-app copy.")
+    ]
+    type: str
+    data: JsonText
+    actor: str | None
+    group_key: Annotated[str | None, Doc("The value email digests are grouped by.")]
+    created_at: Ms
+    due_at: Annotated[Ms, Doc("When a worker may take it (next).")]
+    state: Annotated[
+        DeliveryState,
+        Doc(
+            "pending (queued, deferred or being sent), done (delivered), skipped (read, "
+            "unwanted or nobody to reach), dead (failed for good: a dead letter)."
+        ),
+    ]
+    attempts: Annotated[int, Doc("Times it was tried.")]
+    leased_until: Annotated[Ms | None, Doc("While a worker holds it, until when.")]
+    last_error: Annotated[str | None, Doc("What the last try (or the skip) said.")]
+    finished_at: Ms | None
+
+
+class Deliveries(TypedDict):
+    deliveries: Annotated[list[DeliveryInfo], Doc("Ascending by id.")]

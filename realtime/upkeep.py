@@ -1,4 +1,5 @@
-"""Periodic upkeep owned by the node: history retention, tail checks, dedupe keys."""
+"""Periodic upkeep owned by the node: history retention, tail checks, dedupe keys,
+finished delivery jobs."""
 
 from __future__ import annotations
 
@@ -64,3 +65,17 @@ async def forget_dedupe_keys(store: Store, interval: float) -> None:
             continue
         if deleted:
             log.info("forgot %d expired notification dedupe keys", deleted)
+
+
+async def forget_deliveries(store: Store, settings: Settings) -> None:
+    """Delete delivery jobs done or skipped longer than ``outbox.keep_finished`` ago."""
+    while True:
+        await asyncio.sleep(settings.storage.retention_interval)
+        before = now_ms() - int(settings.outbox.keep_finished * 1000)
+        try:
+            deleted = await store.forget_deliveries(before_ms=before)
+        except StorageError as error:
+            log.warning("forgetting finished delivery jobs failed, retrying later: %s", error)
+            continue
+        if deleted:
+            log.info("forgot %d finished delivery jobs", deleted)

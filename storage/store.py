@@ -15,6 +15,8 @@ Every implementation promises, and ``tests/storage/test_store_contract.py`` chec
 - ``add_notification_batch`` stores the notifications and their delivery jobs in
   one transaction: both or neither. A repeat of ``(user, dedupe_key)`` within its
   window stores and queues nothing for that user; the database enforces it.
+- ``claim_deliveries`` never hands one delivery job to two claimers at once, across
+  instances; a job whose lease ended is free to claim again.
 - When the database cannot be reached or does not answer in time, every call raises
   ``StorageUnavailable`` and nothing was done. The one exception is an ``append``
   whose commit was already sent when the connection broke: it may have been stored.
@@ -345,9 +347,76 @@ class Store(Protocol):
         """Archive (or bring back) the user's listed ids; return the unread count."""
 
     async def deliveries(
-        self, *, user: str | None = None, state: str | None = None, limit: int
+        self,
+        *,
+        user: str | None = None,
+        state: str | None = None,
+        limit: int,
+        after: int | None = None,
     ) -> list[Delivery]:
-        """Delivery jobs by id, ascending, of one user and/or in one state."""
+        """Delivery jobs by id, ascending, of one user and/or in one state (ids above
+        ``after`` only, when given)."""
 
     async def forget_dedupe_keys(self, *, before_ms: int) -> int:
         """Delete dedupe keys whose window ended before ``before_ms``; how many went."""
+
+    # Outbox: claiming and settling delivery jobs ---------------------------------------
+    #
+    # A pending job is free when it has no lease or its lease has ended: a claimer that
+    # died holding a job loses it when the lease ends, and the next claim takes it again
+    # (delivery is at least once). Two claimers never hold one job at once: on
+    # PostgreSQL a claim locks the rows it takes and skips rows another claim has
+    # locked (``FOR UPDATE SKIP LOCKED``); SQLite has one writer. The settling calls
+    # change pending jobs only, and with ``lease`` only while that lease is the job's.
+
+    async def claim_deliveries(
+        self,
+        now_ms: int,
+        limit: int,
+        lease_ms: int,
+        *,
+        transports: Sequence[str] | None = None,
+        digest_window_ms: int = 0,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` free pending jobs due by ``now_ms`` (earliest due first),
+        of ``transports`` (None: any), in one transaction.
+
+        Each claimed job gets ``attempts + 1`` and ``leased_until = now_ms + lease_ms``.
+        An email job with a ``group_key`` brings along, beyond the limit, every free
+        pending email job of the same user, type and group created from its
+        ``created_at`` to less than ``digest_window_ms`` after it, due or not: one
+        digest. Returned ascending by id.
+        """
+
+    async def finish_deliveries(
+        self, ids: Sequence[int], state: str, error: str | None, *, lease: int | None = None
+    ) -> int:
+        """End pending jobs as ``done``, ``skipped`` or ``dead`` (``finished_at`` now);
+        ``error`` (None keeps the last) goes to ``last_error``. ``lease``: only jobs
+        still held under that ``leased_until``. Returns how many changed."""
+
+    async def retry_deliveries(
+        self, ids: Sequence[int], due_at: int, error: str, *, lease: int | None = None
+    ) -> int:
+        """Release pending jobs to be tried again from ``due_at``, noting ``error``."""
+
+    async def reschedule_deliveries(
+        self, ids: Sequence[int], due_at: int, *, lease: int | None = None
+    ) -> int:
+        """Release claimed pending jobs until ``due_at`` and give back the attempt their
+        claim charged (they were not tried)."""
+
+    async def requeue_delivery(self, id: int) -> Delivery | None:
+        """Make a dead job pending again, due now, with its attempts reset (its
+        ``last_error`` stays); None when there is no dead job ``id``."""
+
+    async def unread_notifications(self, ids: Sequence[int]) -> set[int]:
+        """The ids among these of stored notifications neither read nor archived."""
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        """Pending jobs per transport (the outbox's queue depth); transports with none
+        are left out."""
+
+    async def forget_deliveries(self, *, before_ms: int) -> int:
+        """Delete ``done`` and ``skipped`` jobs finished before ``before_ms`` (dead ones
+        stay until requeued); how many went."""

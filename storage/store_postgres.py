@@ -300,7 +300,7 @@ _DELIVERY_COLUMNS = (
 )
 _DELIVERIES = f"""
 SELECT {_DELIVERY_COLUMNS} FROM deliveries
-WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR state = $2)
+WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR state = $2) AND id > $4
 ORDER BY id LIMIT $3
 """
 _FORGET_DEDUPE = """
@@ -338,6 +338,75 @@ _PUSH_OF_USER = f"""
 SELECT {_PUSH_COLUMNS} FROM push_subscriptions WHERE user_id = $1
 ORDER BY created_at DESC, endpoint DESC
 """
+
+
+# The outbox ---------------------------------------------------------------------------
+# Free: pending, and no lease or an ended one (a claimer that died). SKIP LOCKED: rows
+# another claim is taking right now are passed over, never waited for.
+_CLAIMED = ", ".join("d." + c for c in _DELIVERY_COLUMNS.split(", "))
+_CLAIM_DUE = f"""
+WITH due AS (
+    SELECT id FROM deliveries
+    WHERE state = 'pending' AND due_at <= $1 AND (leased_until IS NULL OR leased_until <= $1)
+      AND ($4::text[] IS NULL OR transport = ANY($4::text[]))
+    ORDER BY due_at, id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET leased_until = $1 + $3, attempts = d.attempts + 1
+FROM due WHERE d.id = due.id
+RETURNING {_CLAIMED}
+"""
+# The digest mates of claimed email jobs: (user, type, group, created_at) of each in
+# $1-$4. The claimed ones themselves hold a live lease by now and are left out.
+_CLAIM_MATES = f"""
+WITH mates AS (
+    SELECT m.id FROM deliveries m
+    JOIN unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS l(u, y, k, t)
+      ON m.user_id = l.u AND m.group_key = l.k AND m.type = l.y
+    WHERE m.state = 'pending' AND m.transport = 'email' AND m.group_key IS NOT NULL
+      AND m.created_at >= l.t AND m.created_at < l.t + $5
+      AND (m.leased_until IS NULL OR m.leased_until <= $6)
+    FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE deliveries d SET leased_until = $6 + $7, attempts = d.attempts + 1
+FROM (SELECT DISTINCT id FROM mates) s WHERE d.id = s.id
+RETURNING {_CLAIMED}
+"""
+# $last: the lease the caller holds, or null for any.
+_HELD = "id = ANY($1::bigint[]) AND state = 'pending'"
+_FINISH = f"""
+UPDATE deliveries SET state = $2, leased_until = NULL, last_error = coalesce($3, last_error),
+    finished_at = $4
+WHERE {_HELD} AND ($5::bigint IS NULL OR leased_until = $5)
+"""
+_RETRY = f"""
+UPDATE deliveries SET due_at = $2, leased_until = NULL, last_error = $3
+WHERE {_HELD} AND ($4::bigint IS NULL OR leased_until = $4)
+"""
+_RESCHEDULE = f"""
+UPDATE deliveries SET due_at = $2, leased_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE {_HELD} AND ($3::bigint IS NULL OR leased_until = $3)
+"""
+_REQUEUE = f"""
+UPDATE deliveries SET state = 'pending', due_at = $2, attempts = 0, leased_until = NULL,
+    finished_at = NULL
+WHERE id = $1 AND state = 'dead'
+RETURNING {_DELIVERY_COLUMNS}
+"""
+_UNREAD_OF = """
+SELECT id FROM notifications WHERE id = ANY($1::bigint[]) AND NOT read AND NOT archived
+"""
+_PENDING_BY_TRANSPORT = (
+    "SELECT transport, count(*) FROM deliveries WHERE state = 'pending' GROUP BY transport"
+)
+_FORGET_DELIVERIES = """
+WITH doomed AS (
+    SELECT id FROM deliveries
+    WHERE state IN ('done', 'skipped') AND finished_at < $1 LIMIT $2
+)
+DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id
+"""
+_FINISHED_STATES = frozenset({"done", "skipped", "dead"})
 
 
 def _message(row: asyncpg.Record, offset: int = 0) -> StoredMessage:
@@ -958,11 +1027,16 @@ class PostgresStore:
         return unread
 
     async def deliveries(
-        self, *, user: str | None = None, state: str | None = None, limit: int
+        self,
+        *,
+        user: str | None = None,
+        state: str | None = None,
+        limit: int,
+        after: int | None = None,
     ) -> list[Delivery]:
         check_limit(limit)
         async with self._connection() as conn:
-            rows = await conn.fetch(_DELIVERIES, user, state, limit)
+            rows = await conn.fetch(_DELIVERIES, user, state, limit, after or 0)
         return [_delivery(row) for row in rows]
 
     async def forget_dedupe_keys(self, *, before_ms: int) -> int:
@@ -971,6 +1045,87 @@ class PostgresStore:
             async with self._connection() as conn:
                 status = await conn.execute(_FORGET_DEDUPE, before_ms, self._prune_chunk)
             count = int(status.split()[-1])
+            deleted += count
+            if count < self._prune_chunk:
+                return deleted
+
+    # Outbox: claiming and settling delivery jobs --------------------------------------
+
+    async def claim_deliveries(
+        self,
+        now_ms: int,
+        limit: int,
+        lease_ms: int,
+        *,
+        transports: Sequence[str] | None = None,
+        digest_window_ms: int = 0,
+    ) -> list[Delivery]:
+        check_limit(limit)
+        if limit == 0 or (transports is not None and not transports):
+            return []
+        wanted = None if transports is None else list(transports)
+        async with self._connection() as conn, self._transaction(conn):
+            rows = await conn.fetch(_CLAIM_DUE, now_ms, limit, lease_ms, wanted)
+            claimed = [_delivery(row) for row in rows]
+            leaders = [d for d in claimed if d.transport == "email" and d.group_key is not None]
+            if leaders and digest_window_ms > 0:
+                mates = await conn.fetch(
+                    _CLAIM_MATES,
+                    [d.user for d in leaders],
+                    [d.type for d in leaders],
+                    [d.group_key for d in leaders],
+                    [d.created_at for d in leaders],
+                    digest_window_ms,
+                    now_ms,
+                    lease_ms,
+                )
+                claimed.extend(_delivery(row) for row in mates)
+        return sorted(claimed, key=lambda d: d.id)
+
+    async def finish_deliveries(
+        self, ids: Sequence[int], state: str, error: str | None, *, lease: int | None = None
+    ) -> int:
+        if state not in _FINISHED_STATES:
+            raise ValueError(f"a job finishes done, skipped or dead, not {state!r}")
+        return await self._count(_FINISH, list(ids), state, error, self._clock(), lease)
+
+    async def retry_deliveries(
+        self, ids: Sequence[int], due_at: int, error: str, *, lease: int | None = None
+    ) -> int:
+        return await self._count(_RETRY, list(ids), due_at, error, lease)
+
+    async def reschedule_deliveries(
+        self, ids: Sequence[int], due_at: int, *, lease: int | None = None
+    ) -> int:
+        return await self._count(_RESCHEDULE, list(ids), due_at, lease)
+
+    async def _count(self, sql: str, *args: object) -> int:
+        """Run a statement; how many rows it changed."""
+        async with self._connection() as conn:
+            status = await conn.execute(sql, *args)
+        return int(status.split()[-1])
+
+    async def requeue_delivery(self, id: int) -> Delivery | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_REQUEUE, id, self._clock())
+        return None if row is None else _delivery(row)
+
+    async def unread_notifications(self, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        async with self._connection() as conn:
+            rows = await conn.fetch(_UNREAD_OF, list(ids))
+        return {row[0] for row in rows}
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_PENDING_BY_TRANSPORT)
+        return {row[0]: row[1] for row in rows}
+
+    async def forget_deliveries(self, *, before_ms: int) -> int:
+        deleted = 0
+        while True:
+            count = await self._count(_FORGET_DELIVERIES, before_ms, self._prune_chunk)
             deleted += count
             if count < self._prune_chunk:
                 return deleted

@@ -437,7 +437,8 @@ _DELIVERY_COLUMNS = (
 )
 _DELIVERIES = (
     f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
-    " WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id LIMIT ?3"
+    " WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR state = ?2) AND id > ?4"
+    " ORDER BY id LIMIT ?3"
 )
 _FORGET_DEDUPE = (
     "DELETE FROM notification_dedupe WHERE (user_id, dedupe_key) IN"
@@ -472,7 +473,66 @@ _PUSH_OF_USER = (
 )
 
 
+# The outbox ---------------------------------------------------------------------------
+# Free: pending, and no lease or an ended one (a claimer that died). One writer: no
+# other claim runs while this one does.
+_CLAIM_DUE = (
+    "UPDATE deliveries SET leased_until = ?1 + ?3, attempts = attempts + 1"
+    " WHERE id IN (SELECT id FROM deliveries"
+    " WHERE state = 'pending' AND due_at <= ?1 AND (leased_until IS NULL OR leased_until <= ?1)"
+    " AND (?4 IS NULL OR transport IN (SELECT value FROM json_each(?4)))"
+    " ORDER BY due_at, id LIMIT ?2)"
+    f" RETURNING {_DELIVERY_COLUMNS}"
+)
+# The digest mates of claimed email jobs: ?1 is a JSON list of [user, type, group,
+# created_at]. The claimed ones themselves hold a live lease by now and are left out.
+_CLAIM_MATES = (
+    "UPDATE deliveries SET leased_until = ?2 + ?3, attempts = attempts + 1"
+    " WHERE id IN (SELECT m.id FROM deliveries m JOIN json_each(?1) l"
+    " ON m.user_id = l.value ->> 0 AND m.type = l.value ->> 1 AND m.group_key = l.value ->> 2"
+    " WHERE m.state = 'pending' AND m.transport = 'email'"
+    " AND m.created_at >= l.value ->> 3 AND m.created_at < (l.value ->> 3) + ?4"
+    " AND (m.leased_until IS NULL OR m.leased_until <= ?2))"
+    f" RETURNING {_DELIVERY_COLUMNS}"
+)
+# ?1: a JSON list of ids; the last parameter: the lease the caller holds, or null for any.
+_HELD = "id IN (SELECT value FROM json_each(?1)) AND state = 'pending'"
+_FINISH = (
+    "UPDATE deliveries SET state = ?2, leased_until = NULL,"
+    " last_error = coalesce(?3, last_error), finished_at = ?4"
+    f" WHERE {_HELD} AND (?5 IS NULL OR leased_until = ?5)"
+)
+_RETRY = (
+    "UPDATE deliveries SET due_at = ?2, leased_until = NULL, last_error = ?3"
+    f" WHERE {_HELD} AND (?4 IS NULL OR leased_until = ?4)"
+)
+_RESCHEDULE = (
+    "UPDATE deliveries SET due_at = ?2, leased_until = NULL, attempts = max(attempts - 1, 0)"
+    f" WHERE {_HELD} AND (?3 IS NULL OR leased_until = ?3)"
+)
+_REQUEUE = (
+    "UPDATE deliveries SET state = 'pending', due_at = ?2, attempts = 0, leased_until = NULL,"
+    " finished_at = NULL WHERE id = ?1 AND state = 'dead'"
+    f" RETURNING {_DELIVERY_COLUMNS}"
+)
+_UNREAD_OF = (
+    "SELECT id FROM notifications WHERE id IN (SELECT value FROM json_each(?))"
+    " AND read = 0 AND archived = 0"
+)
+_PENDING_BY_TRANSPORT = (
+    "SELECT transport, count(*) FROM deliveries WHERE state = 'pending' GROUP BY transport"
+)
+_FORGET_DELIVERIES = (
+    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+    " WHERE state IN ('done', 'skipped') AND finished_at < ? LIMIT ?)"
+)
+_FINISHED_STATES = frozenset({"done", "skipped", "dead"})
+
 _LATEST_CHUNK = 500
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return json.dumps([int(i) for i in ids])
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
@@ -631,6 +691,27 @@ def _add_batch(
     ]
     conn.executemany(_ADD_DELIVERY, jobs)
     return NotificationBatch(stored, [r.user for r in recipients], len(jobs))
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    now: int,
+    limit: int,
+    lease: int,
+    transports: str | None,
+    window: int,
+) -> list[Delivery]:
+    claimed = [_delivery(r) for r in conn.execute(_CLAIM_DUE, (now, limit, lease, transports))]
+    leaders = [
+        [d.user, d.type, d.group_key, d.created_at]
+        for d in claimed
+        if d.transport == "email" and d.group_key is not None
+    ]
+    if leaders and window > 0:
+        args = (json.dumps(leaders), now, lease, window)
+        claimed.extend(_delivery(r) for r in conn.execute(_CLAIM_MATES, args))
+    # RETURNING order is unspecified in SQLite.
+    return sorted(claimed, key=lambda d: d.id)
 
 
 def _exists(conn: sqlite3.Connection, sql: str, args: tuple[str, str]) -> bool:
@@ -1021,12 +1102,16 @@ class SqliteStore:
         return await self._write(work)
 
     async def deliveries(
-        self, *, user: str | None = None, state: str | None = None, limit: int
+        self,
+        *,
+        user: str | None = None,
+        state: str | None = None,
+        limit: int,
+        after: int | None = None,
     ) -> list[Delivery]:
         check_limit(limit)
-        rows = await self._read(
-            lambda conn: conn.execute(_DELIVERIES, (user, state, limit)).fetchall()
-        )
+        args = (user, state, limit, after or 0)
+        rows = await self._read(lambda conn: conn.execute(_DELIVERIES, args).fetchall())
         return [_delivery(row) for row in rows]
 
     async def forget_dedupe_keys(self, *, before_ms: int) -> int:
@@ -1035,6 +1120,71 @@ class SqliteStore:
         args = (before_ms, self._prune_chunk)
         while True:
             count = await self._write(lambda conn: conn.execute(_FORGET_DEDUPE, args).rowcount)
+            deleted += count
+            if count < self._prune_chunk:
+                return deleted
+
+    # Outbox: claiming and settling delivery jobs --------------------------------------
+
+    async def claim_deliveries(
+        self,
+        now_ms: int,
+        limit: int,
+        lease_ms: int,
+        *,
+        transports: Sequence[str] | None = None,
+        digest_window_ms: int = 0,
+    ) -> list[Delivery]:
+        check_limit(limit)
+        if limit == 0 or (transports is not None and not transports):
+            return []
+        wanted = None if transports is None else json.dumps(list(transports))
+        return await self._write(
+            lambda conn: _claim(conn, now_ms, limit, lease_ms, wanted, digest_window_ms)
+        )
+
+    async def finish_deliveries(
+        self, ids: Sequence[int], state: str, error: str | None, *, lease: int | None = None
+    ) -> int:
+        if state not in _FINISHED_STATES:
+            raise ValueError(f"a job finishes done, skipped or dead, not {state!r}")
+        args = (_ids(ids), state, error, self._clock(), lease)
+        return await self._write(lambda conn: conn.execute(_FINISH, args).rowcount)
+
+    async def retry_deliveries(
+        self, ids: Sequence[int], due_at: int, error: str, *, lease: int | None = None
+    ) -> int:
+        args = (_ids(ids), due_at, error, lease)
+        return await self._write(lambda conn: conn.execute(_RETRY, args).rowcount)
+
+    async def reschedule_deliveries(
+        self, ids: Sequence[int], due_at: int, *, lease: int | None = None
+    ) -> int:
+        args = (_ids(ids), due_at, lease)
+        return await self._write(lambda conn: conn.execute(_RESCHEDULE, args).rowcount)
+
+    async def requeue_delivery(self, id: int) -> Delivery | None:
+        args = (id, self._clock())
+        row = await self._write(lambda conn: conn.execute(_REQUEUE, args).fetchone())
+        return None if row is None else _delivery(row)
+
+    async def unread_notifications(self, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        args = (_ids(ids),)
+        rows = await self._read(lambda conn: conn.execute(_UNREAD_OF, args).fetchall())
+        return {row[0] for row in rows}
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.execute(_PENDING_BY_TRANSPORT).fetchall())
+        return {row[0]: row[1] for row in rows}
+
+    async def forget_deliveries(self, *, before_ms: int) -> int:
+        # In chunks, like prune: no single job holds the writer long.
+        deleted = 0
+        args = (before_ms, self._prune_chunk)
+        while True:
+            count = await self._write(lambda conn: conn.execute(_FORGET_DELIVERIES, args).rowcount)
             deleted += count
             if count < self._prune_chunk:
                 return deleted

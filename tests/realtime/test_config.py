@@ -149,3 +149,34 @@ def test_bad_notification_settings_are_named(tmp_path: Path, text: str, named: s
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_settings(path, ENV)
+
+
+def test_every_outbox_setting_is_in_config_toml() -> None:
+    text = (ROOT / "config.toml").read_text()
+    assert "\n[outbox]\n" in text
+    for key in load_settings(None, ENV).outbox.__dataclass_fields__:
+        assert f"\n{key} = " in text, f"outbox.{key} is not documented in config.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[outbox]\nconcurrency = 0\n", "outbox.concurrency"),
+        ("[outbox]\nlease = 0.5\n", "outbox.lease"),
+        ("[outbox]\nbackoff_base = 10.0\nbackoff_max = 5.0\n", "outbox.backoff_max"),
+        ("[outbox]\nmax_attempts = 0\n", "outbox.max_attempts"),
+        ("[outbox]\nkeep_finished = -1.0\n", "outbox.keep_finished"),
+        ("[outbox]\nworkers = 2\n", "outbox.workers"),
+    ],
+)
+def test_bad_outbox_settings_are_named(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(path, ENV)
+
+
+def test_outbox_settings_come_from_the_environment() -> None:
+    env = {**ENV, "REALTIME_OUTBOX_ENABLED": "false", "REALTIME_OUTBOX_POLL_INTERVAL": "0.2"}
+    outbox = load_settings(None, env).outbox
+    assert (outbox.enabled, outbox.poll_interval) == (False, 0.2)

@@ -1259,3 +1259,245 @@ def test_create_store_checks_the_sqlite_synchronous_mode() -> None:
     with pytest.raises(ValueError, match="synchronous"):
         create_store("", sqlite_synchronous="SOMETIMES")
     assert isinstance(create_store("", sqlite_synchronous="normal"), SqliteStore)
+
+
+# The outbox: claiming and settling delivery jobs ----------------------------------------
+
+LEASE = 60_000
+
+
+async def queue(
+    store: Store,
+    users: list[str],
+    transports: tuple[str, ...] = ("webhook",),
+    *,
+    group_key: str | None = None,
+    in_app: bool = True,
+    type: str = "t",
+) -> list[int]:
+    """Queue one job per user per transport; their ids, ascending."""
+    before = {d.id for d in await store.deliveries(limit=10_000)}
+    await store.add_notification_batch(
+        [Recipient(u, in_app=in_app, transports=transports) for u in users],
+        type,
+        "{}",
+        None,
+        group_key=group_key,
+    )
+    return sorted(d.id for d in await store.deliveries(limit=10_000) if d.id not in before)
+
+
+async def job(store: Store, id: int) -> Any:
+    (found,) = [d for d in await store.deliveries(limit=10_000) if d.id == id]
+    return found
+
+
+async def test_a_claim_leases_due_jobs_earliest_first_and_charges_an_attempt(
+    store: Store, clock: FakeClock
+) -> None:
+    first = await queue(store, ["a", "b"])
+    clock.advance(10)
+    later = await queue(store, ["c"])
+    now = T0 + 10
+    claimed = await store.claim_deliveries(now, 2, LEASE)
+    assert [d.id for d in claimed] == first
+    for d in claimed:
+        assert (d.state, d.attempts, d.leased_until) == ("pending", 1, now + LEASE)
+    # Leased jobs are not free: the next claim takes the rest, then nothing.
+    assert [d.id for d in await store.claim_deliveries(now, 10, LEASE)] == later
+    assert await store.claim_deliveries(now + LEASE - 1, 10, LEASE) == []
+    # A lease that ended is a claimer that died: its jobs are taken again.
+    again = await store.claim_deliveries(now + LEASE, 10, LEASE)
+    assert [(d.id, d.attempts) for d in again] == [(i, 2) for i in first + later]
+    assert await store.claim_deliveries(now, 0, LEASE) == []
+
+
+async def test_a_claim_takes_only_due_jobs_of_the_asked_transports(
+    store: Store, clock: FakeClock
+) -> None:
+    ids = await queue(store, ["a"], ("webpush", "webhook", "email"))
+    assert await store.claim_deliveries(T0 - 1, 10, LEASE) == []  # not due yet
+    assert await store.claim_deliveries(T0, 10, LEASE, transports=[]) == []
+    claimed = await store.claim_deliveries(T0, 10, LEASE, transports=["email", "webpush"])
+    assert sorted(d.transport for d in claimed) == ["email", "webpush"]
+    assert [d.id for d in await store.claim_deliveries(T0, 10, LEASE)] == [ids[1]]
+
+
+async def test_settling_claimed_jobs(store: Store, clock: FakeClock) -> None:
+    ids = await queue(store, ["a", "b", "c", "d"])
+    claimed = await store.claim_deliveries(T0, 10, LEASE)
+    lease = claimed[0].leased_until
+    assert lease is not None
+    clock.advance(5)
+    assert await store.finish_deliveries([ids[0]], "done", None, lease=lease) == 1
+    done = await job(store, ids[0])
+    assert (done.state, done.finished_at, done.leased_until, done.last_error) == (
+        "done",
+        T0 + 5,
+        None,
+        None,
+    )
+    # Only pending jobs change: a finished one stays finished.
+    assert await store.finish_deliveries([ids[0]], "dead", "late") == 0
+    assert await store.retry_deliveries([ids[0]], T0, "late") == 0
+    assert (await job(store, ids[0])).state == "done"
+
+    assert await store.retry_deliveries([ids[1]], T0 + 1000, "503 busy", lease=lease) == 1
+    retried = await job(store, ids[1])
+    assert (retried.state, retried.due_at, retried.leased_until, retried.attempts) == (
+        "pending",
+        T0 + 1000,
+        None,
+        1,
+    )
+    assert retried.last_error == "503 busy"
+
+    assert await store.reschedule_deliveries([ids[2]], T0 + 500, lease=lease) == 1
+    rescheduled = await job(store, ids[2])
+    assert (rescheduled.due_at, rescheduled.leased_until, rescheduled.attempts) == (
+        T0 + 500,
+        None,
+        0,  # not tried: the claim's attempt is given back
+    )
+
+    # A lease another claim has taken since is not the caller's any more.
+    assert await store.finish_deliveries([ids[3]], "done", None, lease=lease + 1) == 0
+    assert await store.finish_deliveries([ids[3]], "dead", "410 gone", lease=lease) == 1
+    assert (await job(store, ids[3])).last_error == "410 gone"
+    # done keeps the last error of the tries before it.
+    again = await store.claim_deliveries(T0 + 1000, 10, LEASE)
+    assert [d.id for d in again] == [ids[1], ids[2]]
+    await store.finish_deliveries([ids[1]], "done", None)
+    assert (await job(store, ids[1])).last_error == "503 busy"
+    await store.finish_deliveries([ids[2]], "skipped", "read")
+    assert [(d.id, d.state) for d in await store.deliveries(limit=10)] == [
+        (ids[0], "done"),
+        (ids[1], "done"),
+        (ids[2], "skipped"),
+        (ids[3], "dead"),
+    ]
+    with pytest.raises(ValueError, match="pending"):
+        await store.finish_deliveries([ids[0]], "pending", None)
+
+
+async def test_an_email_claim_brings_its_digest_mates(store: Store, clock: FakeClock) -> None:
+    window = 1000
+    first = (await queue(store, ["a"], ("email", "webhook"), group_key="p1"))[0]
+    clock.advance(400)
+    mate = (await queue(store, ["a"], ("email",), group_key="p1"))[0]
+    others = [
+        *(await queue(store, ["a"], ("email",), group_key="p2")),  # another group
+        *(await queue(store, ["b"], ("email",), group_key="p1")),  # another user
+        *(await queue(store, ["a"], ("email",), group_key="p1", type="u")),  # another type
+        *(await queue(store, ["a"], ("email",))),  # no group
+    ]
+    clock.advance(600)  # T0 + 1000: the window of the first has ended
+    late = (await queue(store, ["a"], ("email",), group_key="p1"))[0]
+    # Only the first is asked for; its mate comes along, due or not.
+    claimed = await store.claim_deliveries(T0, 1, LEASE, digest_window_ms=window)
+    assert [d.id for d in claimed] == [first, mate]
+    assert [d.attempts for d in claimed] == [1, 1]
+    assert all(d.leased_until == T0 + LEASE for d in claimed)
+    # Without a window, each job is its own.
+    rest = await store.claim_deliveries(T0 + 2000, 10, LEASE)
+    assert sorted(d.id for d in rest) == sorted([first + 1, *others, late])
+
+
+async def test_digest_mates_held_by_another_claim_are_left_to_it(
+    store: Store, clock: FakeClock
+) -> None:
+    first = (await queue(store, ["a"], ("email",), group_key="p"))[0]
+    clock.advance(1)
+    mate = (await queue(store, ["a"], ("email",), group_key="p"))[0]
+    # Both claimed without a window; the first is given back, the mate still held.
+    await store.claim_deliveries(T0 + 1, 10, LEASE)
+    await store.reschedule_deliveries([first], T0 + 5)
+    claimed = await store.claim_deliveries(T0 + 5, 10, LEASE, digest_window_ms=1000)
+    assert [d.id for d in claimed] == [first]
+    assert (await job(store, mate)).attempts == 1
+
+
+async def test_a_dead_job_is_requeued(store: Store, clock: FakeClock) -> None:
+    ids = await queue(store, ["a", "b"])
+    await store.claim_deliveries(T0, 10, LEASE)
+    await store.finish_deliveries([ids[0]], "dead", "500 down")
+    await store.finish_deliveries([ids[1]], "done", None)
+    assert [d.id for d in await store.deliveries(state="dead", limit=10)] == [ids[0]]
+    clock.advance(50)
+    requeued = await store.requeue_delivery(ids[0])
+    assert requeued is not None
+    assert (requeued.id, requeued.state, requeued.attempts, requeued.due_at) == (
+        ids[0],
+        "pending",
+        0,
+        T0 + 50,
+    )
+    assert (requeued.leased_until, requeued.finished_at, requeued.last_error) == (
+        None,
+        None,
+        "500 down",
+    )
+    assert await store.requeue_delivery(ids[0]) is None  # pending now
+    assert await store.requeue_delivery(ids[1]) is None  # done
+    assert await store.requeue_delivery(10**9) is None
+    assert [d.id for d in await store.claim_deliveries(T0 + 50, 10, LEASE)] == [ids[0]]
+
+
+async def test_unread_notifications_among_ids(store: Store) -> None:
+    stored = await store.add_notifications(["a", "a", "b"], "t", "{}", None)
+    more = await store.add_notifications(["a", "a"], "t", "{}", None)
+    a1, a2 = stored[0].id, more[0].id
+    b1 = stored[1].id
+    assert await store.unread_notifications([a1, a2, b1, 10**9]) == {a1, a2, b1}
+    await store.mark_notification_read("a", a1)
+    await store.archive_notifications("b", [b1])
+    assert await store.unread_notifications([a1, a2, b1]) == {a2}
+    assert await store.unread_notifications([]) == set()
+
+
+async def test_pending_jobs_per_transport_and_paging(store: Store) -> None:
+    assert await store.pending_deliveries() == {}
+    ids = await queue(store, ["a", "b", "c"], ("webhook", "email"))
+    assert await store.pending_deliveries() == {"webhook": 3, "email": 3}
+    await store.claim_deliveries(T0, 1, LEASE)
+    assert await store.pending_deliveries() == {"webhook": 3, "email": 3}  # leased: pending
+    await store.finish_deliveries([ids[0]], "done", None)
+    assert await store.pending_deliveries() == {"webhook": 2, "email": 3}
+    page = await store.deliveries(limit=2, after=ids[1])
+    assert [d.id for d in page] == ids[2:4]
+    assert [d.id for d in await store.deliveries(user="c", limit=10, after=ids[4])] == [ids[5]]
+
+
+async def test_finished_jobs_are_forgotten_dead_ones_stay(store: Store, clock: FakeClock) -> None:
+    ids = await queue(store, ["a", "b", "c", "d"])
+    await store.claim_deliveries(T0, 10, LEASE)
+    await store.finish_deliveries(ids[:1], "done", None)
+    await store.finish_deliveries(ids[1:2], "skipped", "read")
+    await store.finish_deliveries(ids[2:3], "dead", "400 no")
+    clock.advance(10)
+    await store.finish_deliveries(ids[3:], "done", None)
+    assert await store.forget_deliveries(before_ms=T0) == 0
+    assert await store.forget_deliveries(before_ms=T0 + 1) == 2
+    assert [d.id for d in await store.deliveries(limit=10)] == ids[2:]
+
+
+async def test_concurrent_claims_never_take_one_job_twice(
+    make_store: Callable[..., Store],
+) -> None:
+    # Several instances' stores on one database, claiming as fast as they can.
+    stores = [make_store() for _ in range(3)]
+    await stores[0].migrate()
+    for s in stores:
+        await s.open()
+    users = [f"u{i:03}" for i in range(100)]
+    await stores[0].add_notification_batch(
+        [Recipient(u, transports=("webhook", "email")) for u in users], "t", "{}", None
+    )
+    taken: list[int] = []
+
+    async def claimer(store: Store) -> None:
+        while claimed := await store.claim_deliveries(T0, 7, LEASE):
+            taken.extend(d.id for d in claimed)
+
+    await asyncio.gather(*(claimer(s) for s in stores for _ in range(3)))
+    assert len(taken) == len(set(taken)) == 200
