@@ -1,8 +1,13 @@
-"""realtime side by side with python-socketio and the bare limit, in one run on this machine.
+"""realtime side by side with python-socketio, Node Socket.IO and the bare limit, in one run.
 
     python -m bench.compare [--servers realtime,realtime-redis,socketio,socketio-redis,bare]
                             [--subscribers 100,1000,5000] [--idle 19000] [--quick]
                             [--out compare.json] [--markdown compare.md]
+    python -m bench.compare --socketio [--out sio.json] [--markdown sio.md]
+
+``--socketio`` is issue 11's comparison: realtime over its ``/socket.io/``
+(``realtime-socketio``), Node Socket.IO 4 (``socketio-node``) and python-socketio,
+all spoken to by the generator's Socket.IO mode, rooms of 1,000 and 5,000.
 
 For every S and every server: the highest fan-out rate (one room, S subscribers,
 100-byte bodies) that passes (≥ 99.9% delivered, p99 < 250 ms), found by a
@@ -11,9 +16,11 @@ fails is tried once more before it counts as failed, for every server); then the
 server memory per idle joined connection. Servers run pinned to CPU 0, the load
 generator (``python -m loadtest``) to CPU 1. The Redis that ``realtime-redis`` and
 ``socketio-redis`` share is pinned to CPU 0 too: it is part of that deployment.
-The python-socketio servers need ``pip install -r requirements-bench.txt`` and a
-load generator that speaks ``--protocol socketio``; without them they are left out
-with a message.
+The python-socketio servers need ``pip install -r requirements-bench.txt``, the
+Node one Node.js >= 20 (its packages come from npm on first use), realtime's
+Socket.IO column a server with ``/socket.io/``; a contender that cannot run is
+left out with a message. Every attempt records the load average (``uptime``'s) at
+its start and end: the machine is shared.
 """
 
 from __future__ import annotations
@@ -35,22 +42,25 @@ from pathlib import Path
 from bench.attempts import GeneratorRun, run_generator
 from bench.contenders import (
     GENERATOR_CPU,
+    NODE_PEER,
     ROOT,
     SERVER_CPU,
     TWO_CPUS,
     Contender,
     contenders,
     pin_pid,
-    socketio_installed,
 )
 from bench.ladder import Ladder
 from bench.report import markdown
-from bench.results import Idle, Point, judge
+from bench.results import Idle, Point, judge, load_average
 from bench.sampling import wait_for_quiet
 from tests.server import SECRET
 from tests.services import RedisServer
 
-ALL_SERVERS = "realtime,realtime-redis,socketio,socketio-redis,bare"
+DEFAULT_SERVERS = "realtime,realtime-redis,socketio,socketio-redis,bare"
+ALL_SERVERS = DEFAULT_SERVERS + ",realtime-socketio,socketio-node"
+SOCKETIO_SERVERS = "realtime-socketio,socketio-node,socketio"
+SOCKETIO_SUBSCRIBERS = "1000,5000"
 PAYLOAD = 100
 TRIALS = 2
 """Tries of a rate before it counts as failed, for every server alike: on a shared
@@ -73,8 +83,16 @@ class Plan:
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--servers", default=ALL_SERVERS, help=f"comma-separated: {ALL_SERVERS}")
-    parser.add_argument("--subscribers", default="100,1000,5000", help="S values, comma-separated")
+    parser.add_argument(
+        "--servers", help=f"comma-separated, of {ALL_SERVERS} (default {DEFAULT_SERVERS})"
+    )
+    parser.add_argument("--subscribers", help="S values, comma-separated (default 100,1000,5000)")
+    parser.add_argument(
+        "--socketio",
+        action="store_true",
+        help=f"the Socket.IO comparison: --servers {SOCKETIO_SERVERS} "
+        f"--subscribers {SOCKETIO_SUBSCRIBERS} unless given",
+    )
     parser.add_argument(
         "--idle", type=int, help="idle connections (default 19000; 2000 with --quick; 0: skip)"
     )
@@ -97,9 +115,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
         # Below one message a second the figure says nothing about the rate any more.
         return Ladder(start=args.start, floor=max(float(subscribers), 2000.0), attempts=attempts)
 
+    servers = args.servers or (SOCKETIO_SERVERS if args.socketio else DEFAULT_SERVERS)
+    subscribers = args.subscribers or (SOCKETIO_SUBSCRIBERS if args.socketio else "100,1000,5000")
     plan = Plan(
-        servers=[s.strip() for s in args.servers.split(",") if s.strip()],
-        subscribers=[int(s) for s in args.subscribers.split(",") if s.strip()],
+        servers=[s.strip() for s in servers.split(",") if s.strip()],
+        subscribers=[int(s) for s in subscribers.split(",") if s.strip()],
         idle=args.idle if args.idle is not None else (2000 if args.quick else 19000),
         duration=args.duration or (3.0 if args.quick else 5.0),
         ladder=ladder,
@@ -116,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     idles: list[Idle] = []
     interrupted = False
     started = time.time()
+    load_at_start = load_average()
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="compare-") as tmp:
         registry = contenders(lazy_redis(stack))
         unknown = [s for s in plan.servers if s not in registry]
@@ -137,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     measured = {p.server for p in points} | {i.server for i in idles}
     servers = [name for name in plan.servers if name in measured]
     command = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(command.strip(), environment(plan), servers, plan.subscribers, points, idles)
+    setting = environment(plan, load_at_start)
+    text = markdown(command.strip(), setting, servers, plan.subscribers, points, idles)
     print("\n" + text)
     if args.markdown:
         args.markdown.write_text(text)
@@ -147,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "seconds": round(time.time() - started),
             "interrupted": interrupted,
-            "environment": environment(plan),
+            "environment": setting,
+            "load_average": {"start": load_at_start, "end": load_average()},
             "fanout": [p.to_json() for p in points],
             "idle": [i.to_json() for i in idles],
         }
@@ -170,15 +193,11 @@ def lazy_redis(stack: contextlib.ExitStack) -> Callable[[], str]:
 
 
 def available(contender: Contender) -> bool:
-    if contender.protocol != "socketio":
-        return True
-    if not socketio_installed():
-        print(
-            f"{contender.name}: skipped, python-socketio is not installed (requirements-bench.txt)"
-        )
-        return False
-    if not generator_speaks("socketio"):
-        print(f"{contender.name}: skipped, `python -m loadtest` has no --protocol socketio yet")
+    reason = contender.unavailable()
+    if reason is None and contender.protocol != "realtime" and not generator_speaks("socketio"):
+        reason = "`python -m loadtest` has no --protocol socketio"
+    if reason is not None:
+        print(f"{contender.name}: skipped, {reason}", flush=True)
         return False
     return True
 
@@ -230,8 +249,10 @@ def search(contender: Contender, point: Point, plan: Plan, tmp: Path) -> None:
         passed = False
         for trial in range(TRIALS):
             quiet = wait_for_quiet((SERVER_CPU, GENERATOR_CPU), QUIET, plan.quiet_wait)
+            load_before = load_average()
             run = measure(contender, workdir / str(trial), args, timeout)
             attempt = judge(contender.name, point.subscribers, offered, run, quiet)
+            attempt.load_before, attempt.load_after = load_before, load_average()
             point.attempts.append(attempt)
             passed = attempt.passed
             print(
@@ -240,7 +261,7 @@ def search(contender: Contender, point: Point, plan: Plan, tmp: Path) -> None:
                 f"{attempt.server_us_per_delivery} µs/delivery; server {attempt.server_share} "
                 f"of core {attempt.server_core}, generator {attempt.generator_share} of core "
                 f"{attempt.generator_core} "
-                f"({attempt.seconds:.0f} s) → {attempt.reason}",
+                f"({attempt.seconds:.0f} s; load {attempt.load_text}) → {attempt.reason}",
                 flush=True,
             )
             if passed or not run.published:
@@ -256,19 +277,21 @@ def idle(contender: Contender, connections: int, plan: Plan, tmp: Path) -> Idle:
     wait_for_quiet((SERVER_CPU, GENERATOR_CPU), QUIET, plan.quiet_wait)
     procs = max(1, math.ceil(connections / FILES_PER_GENERATOR))
     args = ["idle", "--connections", str(connections), "--procs", str(procs)]
+    load_before = load_average()
     run = measure(contender, tmp / f"{contender.name}-idle", args, 120 + connections / 50)
-    result = Idle(contender.name, connections, run.report, run.error)
+    result = Idle(contender.name, connections, run.report, run.error, load_before, load_average())
     figure = result.bytes_per_connection
     print(
         f"{contender.name:>15} idle {connections}: "
         + (f"{figure / 1024:.1f} KB per connection" if figure is not None else str(run.error))
-        + ("" if result.complete else " (not all connected)"),
+        + ("" if result.complete else " (not all connected)")
+        + f" (load {result.load_text})",
         flush=True,
     )
     return result
 
 
-def environment(plan: Plan) -> str:
+def environment(plan: Plan, load_at_start: list[float]) -> str:
     def package(name: str) -> str:
         try:
             return f"{name} {version(name)}"
@@ -278,13 +301,29 @@ def environment(plan: Plan) -> str:
     packages = ", ".join(
         package(n) for n in ("aiohttp", "uvloop", "websockets", "orjson", "python-socketio")
     )
+    if any(s.startswith("socketio-node") for s in plan.servers):
+        packages += f", {node_versions()}"
+    load = ", ".join(f"{value:.2f}" for value in load_at_start)
     pinning = "server on CPU 0, generator on CPU 1" if TWO_CPUS else "one CPU, not pinned"
     return (
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} with {pinning}; "
         f"Python {platform.python_version()}, {packages}. Fan-out: one room, "
         f"{PAYLOAD}-byte bodies, {plan.duration:g} s of publishing per attempt, a fresh server "
-        f"for every attempt."
+        f"for every attempt. Load average at the start (1, 5, 15 min): {load}."
     )
+
+
+def node_versions() -> str:
+    """Node's version and the Socket.IO the peer's lock file pins."""
+    try:
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except OSError:
+        node = "(not installed)"
+    lock = json.loads((NODE_PEER / "package-lock.json").read_text())
+    pinned = lock["packages"].get("node_modules/socket.io", {}).get("version", "?")
+    return f"Node.js {node or '?'}, socket.io {pinned}"
 
 
 if __name__ == "__main__":

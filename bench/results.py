@@ -6,6 +6,7 @@ at least 99.9% of the expected deliveries received and p99 latency under 250 ms.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,19 @@ SATURATED = 0.95
 """A core busy this much of the publishing window had nothing left to give."""
 FOREIGN = 0.2
 """The generator core this much busier than the generator itself: someone else was there."""
+
+
+def load_average() -> list[float]:
+    """``uptime``'s load average (1, 5 and 15 minutes), rounded: recorded with every figure,
+    because the machine is shared."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def load_text(before: list[float] | None, after: list[float] | None) -> str:
+    """The 1-minute load average at the start and at the end of a measurement."""
+    if not before or not after:
+        return "?"
+    return f"{before[0]:.2f}→{after[0]:.2f}"
 
 
 @dataclass
@@ -47,6 +61,13 @@ class Attempt:
     generator_says_saturated: bool = False
     """The generator's own verdict on itself (newer generators report one)."""
     warnings: list[str] = field(default_factory=list)
+    load_before: list[float] | None = None
+    """The load average (1, 5, 15 min) when the attempt started, and when it ended."""
+    load_after: list[float] | None = None
+
+    @property
+    def load_text(self) -> str:
+        return load_text(self.load_before, self.load_after)
 
     @property
     def generator_saturated(self) -> bool:
@@ -153,6 +174,12 @@ class Idle:
     connections: int
     report: dict[str, Any] | None
     error: str | None = None
+    load_before: list[float] | None = None
+    load_after: list[float] | None = None
+
+    @property
+    def load_text(self) -> str:
+        return load_text(self.load_before, self.load_after)
 
     @property
     def bytes_per_connection(self) -> float | None:

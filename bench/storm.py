@@ -22,7 +22,9 @@ per generator process; the rejoins after the kill are what is compared.
 
 Servers, PostgreSQL and Redis run on CPU 0, the generator on CPU 1 (when there
 are two); nginx is not pinned. Everything listens on 127.0.0.1. Each phase is
-bounded by ``--timeout``.
+bounded by ``--timeout``. ``--cpu-quota 0.3`` holds the three instances together to
+0.3 of a CPU (a cgroup v1 CPU quota, as root): a machine loaded by others, made
+the same at every run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ from tests.services import NginxServer, PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("paced", "unpaced")
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
+
+
+def limit_cpu(pids: list[int], quota: float, name: str) -> Path:
+    """Hold ``pids`` together to ``quota`` of one CPU; the cgroup, to remove after."""
+    if not (CPU_CGROUPS / "cgroup.procs").exists():
+        raise SystemExit(f"--cpu-quota needs the cgroup v1 cpu controller at {CPU_CGROUPS}")
+    group = CPU_CGROUPS / name
+    group.mkdir(exist_ok=True)
+    period = int((group / "cpu.cfs_period_us").read_text())
+    (group / "cpu.cfs_quota_us").write_text(str(int(quota * period)))
+    for pid in pids:
+        (group / "cgroup.procs").write_text(str(pid))
+    return group
 
 
 def storm(
@@ -125,6 +141,18 @@ def main() -> int:
     parser.add_argument(
         "--reconnect-rate", type=float, default=300.0, help="server.reconnect_rate (advice)"
     )
+    parser.add_argument(
+        "--max-opening",
+        type=int,
+        default=256,
+        help="server.max_opening in both modes (0: no limit, as before it existed)",
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=float,
+        default=2.0,
+        help="server.max_lag in both modes (0: never refuse for it, as before it existed)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per phase")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--procs", type=int, default=1, help="generator processes")
@@ -134,6 +162,9 @@ def main() -> int:
         default=50,
         help="initial connect: attempts in flight per generator process (the rejoins after "
         "the kill are not limited)",
+    )
+    parser.add_argument(
+        "--cpu-quota", type=float, default=0.0, help="CPUs the three instances share (0: no limit)"
     )
     parser.add_argument("--out", type=Path, help="write every report here as JSON")
     args = parser.parse_args()
@@ -150,16 +181,24 @@ def main() -> int:
             env = {
                 "REALTIME_SERVER_MAX_HANDSHAKE_RATE": str(args.handshake_rate if paced else 0),
                 "REALTIME_SERVER_RECONNECT_RATE": str(args.reconnect_rate),
+                "REALTIME_SERVER_MAX_OPENING": str(args.max_opening),
+                "REALTIME_SERVER_MAX_LAG": str(args.max_lag),
                 # Rejoins a minute late still get everything in the join reply.
                 "REALTIME_DELIVERY_RECOVERY_LIMIT": "10000",
             }
             servers = instances(Path(tmp) / mode, dsn, redis.url, 3, env)
+            group = None
             try:
+                if args.cpu_quota > 0:
+                    pids = [s.process.pid for s in servers if s.process is not None]
+                    group = limit_cpu(pids, args.cpu_quota, f"bench-storm-{mode}")
                 with NginxServer([s.port for s in servers]) as nginx:
                     reports[mode] = storm(servers, nginx, args, paced)
             finally:
                 for server in servers:
                     server.kill()
+                if group is not None:
+                    group.rmdir()  # empty once its processes are gone
             show(mode, reports[mode])
     if args.out:
         args.out.write_text(json.dumps(reports, indent=2) + "\n")

@@ -46,7 +46,8 @@ def _common(parser: argparse.ArgumentParser, protocols: bool) -> None:
             "--protocol",
             choices=(REALTIME, SOCKETIO),
             default=REALTIME,
-            help="realtime's protocol, or Socket.IO (Engine.IO v4 over WebSocket)",
+            help="realtime's protocol, or Socket.IO (Engine.IO v4 over WebSocket; the events "
+            "of realtime's /socket.io/, with acks)",
         )
     where.add_argument("--secret", help="HS256 secret to mint user and room tokens with")
     where.add_argument(
@@ -206,8 +207,6 @@ def options(cls: type[Opts], args: argparse.Namespace, **overrides: Any) -> Opts
 
 
 def _fanout(context: Context, args: argparse.Namespace) -> Report:
-    if args.protocol == SOCKETIO and args.publishers > 1:
-        raise SystemExit("--protocol socketio: one publisher numbers the messages")
     read_interval = args.read_interval / 1000
     return run_fanout(context, options(FanoutOptions, args, read_interval=read_interval))
 

@@ -36,6 +36,7 @@ from .context import Context, owner_of, summary, tolerant, while_running
 from .cpu import CpuMeter
 from .dialing import CONNECT_ERRORS, Failures
 from .fastws import FastConnection
+from .looplag import LoopWatch, lag_warnings
 from .publishers import RealtimePublishers
 from .stats import Histogram, SeqCheck, SeqTotals
 from .target import Target
@@ -103,7 +104,7 @@ class PhaseTally:
     unrecovered: int = 0
     """Rejoins whose reply said ``recovered: false``."""
 
-    def result(self) -> dict[str, Any]:
+    def result(self, loop_lag: float) -> dict[str, Any]:
         return {
             "attempts": self.attempts,
             "failures": self.failures.kinds,
@@ -112,6 +113,7 @@ class PhaseTally:
             "joined": self.joined,
             "gave_up": self.gave_up,
             "unrecovered": self.unrecovered,
+            "loop_lag_s": loop_lag,
         }
 
 
@@ -124,6 +126,7 @@ class Storm(Worker[StormArgs]):
         self.dropped = 0
         self._tasks: set[asyncio.Task[bool]] = set()
         self._gate = asyncio.Semaphore(max(args.concurrency, 1))
+        self.watch = LoopWatch()
 
     async def rpc_prepare(self) -> int:
         tokens = self.args.target.tokens
@@ -132,6 +135,7 @@ class Storm(Worker[StormArgs]):
             Seat(index, user, (tokens.user(user), tokens.room(user, room)))
             for index, user in self.args.members
         ]
+        self.watch.start()
         return len(self.seats)
 
     async def _join(
@@ -216,14 +220,16 @@ class Storm(Worker[StormArgs]):
         self.tally = PhaseTally()
         self.origin = start_at
         await asyncio.sleep(max(start_at - time.monotonic(), 0))
+        self.watch.reset()
         await asyncio.gather(*(self._join(seat, deadline) for seat in self.seats))
-        return self.tally.result()
+        return self.tally.result(self.watch.reset())
 
     async def rpc_arm(self, origin: float, deadline: float) -> int:
         """From now on a client the server drops reconnects (``backoff.py``), until ``deadline``."""
         self.tally = PhaseTally()
         self.origin = origin
         self.dropped = 0
+        self.watch.reset()
         armed = 0
         for seat in self.seats:
             if seat.client is not None and not seat.client.connection.closed.done():
@@ -265,18 +271,16 @@ class Storm(Worker[StormArgs]):
         }
 
     async def rpc_snapshot(self) -> dict[str, Any]:
+        # Asked ten times a second: counters only, no walk over every client.
         return {
             "joined": self.tally.joined,
             "gave_up": self.tally.gave_up,
             "attempts": self.tally.attempts,
             "dropped": self.dropped,
-            "open": sum(
-                1 for s in self.seats if s.client and not s.client.connection.closed.done()
-            ),
         }
 
     async def rpc_collect(self) -> dict[str, Any]:
-        return {**self.tally.result(), "dropped": self.dropped}
+        return {**self.tally.result(self.watch.reset()), "dropped": self.dropped}
 
     async def rpc_close_all(self) -> int:
         """Close every client (close handshake, bounded), forgetting the drops."""
@@ -288,6 +292,7 @@ class Storm(Worker[StormArgs]):
         return len(clients)
 
     async def close(self) -> None:
+        await self.watch.stop()
         for task in self._tasks:
             task.cancel()
         for seat in self.seats:
@@ -313,6 +318,7 @@ def _phase_report(results: list[dict[str, Any]], clients: int) -> dict[str, Any]
         "all_joined_s": round(max(r["last"] for r in results), 3) if joined == expected else None,
         "last_joined_s": round(max(r["last"] for r in results), 3),
         "time_to_join_ms": times.summary_ms(),
+        "loop_lag_s": {f"p{i}": round(r["loop_lag_s"], 3) for i, r in enumerate(results)},
     }
     if "dropped" in results[0]:
         report["dropped"] = sum(r["dropped"] for r in results)
@@ -374,7 +380,7 @@ async def _at_once(
     )
     meter.stop()
     report = _phase_report(results, options.clients)
-    report.update(_cpu(context, meter, report["joined"]))
+    report.update(_cpu(context, meter, report["joined"], report["loop_lag_s"]))
     context.progress.note(
         f"{label}: {report['joined']} of {options.clients} joined, the last after "
         f"{report['last_joined_s']}s"
@@ -424,7 +430,7 @@ async def _restart(
     meter.stop()
     results = await pool.call("collect", limit=CALL_TIMEOUT)
     report = _phase_report(results, options.clients)
-    report.update(_cpu(context, meter, report["joined"]))
+    report.update(_cpu(context, meter, report["joined"], report["loop_lag_s"]))
     report["restart_command"] = command
     report["command_seconds"] = round(command_done - origin, 3)
     report["armed"] = armed
@@ -503,12 +509,15 @@ class _Stream:
         }
 
 
-def _cpu(context: Context, meter: CpuMeter, joined: int) -> dict[str, Any]:
-    """The generator's and the server's CPU over a phase; warnings said at once."""
+def _cpu(
+    context: Context, meter: CpuMeter, joined: int, loop_lag: dict[str, float]
+) -> dict[str, Any]:
+    """The generator's and the server's CPU over a phase, and how late the generator's
+    loops ran; warnings said at once."""
     figures: dict[str, Any] = {
         "generator": meter.report(joined, "join"),
         "server": meter.server_report(joined, "join"),
-        "warnings": meter.warnings(),
+        "warnings": meter.warnings() + lag_warnings(loop_lag),
     }
     for warning in figures["warnings"]:
         context.progress.note(f"warning: {warning}")

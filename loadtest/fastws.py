@@ -61,14 +61,20 @@ class HandshakeError(ConnectionError):
 class FastConnection(asyncio.Protocol):
     def __init__(self, url: str, headers: dict[str, str], subprotocols: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
+        # None, not []: an empty list sends an empty Sec-WebSocket-Protocol header,
+        # which strict servers (Node's ws, so Socket.IO) refuse with a 400.
+        offered = [Subprotocol(p) for p in subprotocols] or None
         self._handshake: ClientProtocol | None = ClientProtocol(
-            parse_uri(url), subprotocols=[Subprotocol(p) for p in subprotocols], max_size=None
+            parse_uri(url), subprotocols=offered, max_size=None
         )
         self._headers = headers
         self._head = b""
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader()
         self.opened: asyncio.Future[None] = loop.create_future()
+        # A refusal can land while the timeout cancels ``create_connection``, before
+        # ``connect`` holds this protocol: retrieved here, or asyncio reports it.
+        self.opened.add_done_callback(_retrieve)
         self.closed: asyncio.Future[int] = loop.create_future()
         """The close code once the TCP connection is gone (1006 without a close frame)."""
         self._on_payload: OnPayload | None = None
@@ -110,10 +116,6 @@ class FastConnection(asyncio.Protocol):
                 await protocol.opened
             except BaseException:
                 protocol.abort()
-                opened = protocol.opened
-                if opened.done() and not opened.cancelled():
-                    # A refusal that came as the timeout hit: seen, or asyncio warns.
-                    opened.exception()
                 raise
         return protocol
 
@@ -257,6 +259,11 @@ class FastConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def retry_after(head: bytes) -> float | None:

@@ -2,10 +2,11 @@
 
 Each message's body is ``{"t":<time.time_ns()>,"p":"xxx…"}`` of the requested size,
 so a subscriber reads the send time with the seq. realtime acknowledges every
-send (``{"id","ok":{"seq"}}``): the publishers count acks and errors, the last seq
-and the send→ack latency. realtime limits commands per connection (50/s by
-default), so a rate above that is spread over several publisher connections.
-Socket.IO has no acks: one publisher numbers its messages 1, 2, 3 ….
+send (``{"id","ok":{"seq"}}``; over Socket.IO the ``send`` event's ack carries the
+same reply): the publishers count acks and errors, the last seq and the send→ack
+latency. realtime limits commands per connection (50/s by default), so a rate
+above that is spread over several publisher connections; the Socket.IO peers have
+no such limit, and one publisher serves them.
 """
 
 from __future__ import annotations
@@ -140,44 +141,81 @@ class RealtimePublishers:
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
 
-class SocketIOPublisher:
-    """One connection emitting ``send`` with its own seq; nothing is acknowledged."""
+class SocketIOPublishers:
+    """The same over Socket.IO: ``send`` events with an ack id, the ack carrying the seq."""
 
-    def __init__(self, client: SocketIOClient, room: str, payload: int) -> None:
-        self.client = client
+    def __init__(self, clients: list[SocketIOClient], room: str, payload: int) -> None:
+        self.clients = clients
         self.room = room
         self.stats = PublishStats()
         self._body = body(payload)
+        self._pending: dict[tuple[int, int], int] = {}
+        for number, client in enumerate(clients):
+            client.on_ack = self._on_ack(number)
 
     @classmethod
-    async def open(cls, target: Target, room: str, payload: int) -> SocketIOPublisher:
-        token = target.tokens.user("publisher") if target.tokens.configured else None
-        return cls(await SocketIOClient.open(target, 0, token), room, payload)
+    async def open(
+        cls, target: Target, users: list[str], room: str, payload: int
+    ) -> SocketIOPublishers:
+        tokens = target.tokens
+        clients = []
+        for user in users:
+            token = tokens.user(user) if tokens.configured else None
+            client = await SocketIOClient.open(target, 0, token)
+            join: dict[str, Any] = {"room": room}
+            if tokens.configured:
+                join["token"] = tokens.room(user, room)
+            await client.call("join", join, limit=target.connect_timeout)
+            clients.append(client)
+        return cls(clients, room, payload)
 
     def publish(self) -> None:
         stats = self.stats
-        seq = stats.sent + 1
-        self.client.emit("send", {"room": self.room, "seq": seq, "body": self._body()})
-        stats.sent = stats.acked = stats.last_seq = seq
+        number = stats.sent % len(self.clients)
+        client = self.clients[number]
+        ack = client.next_ack()
+        self._pending[(number, ack)] = time.monotonic_ns()
+        client.emit("send", {"room": self.room, "body": self._body()}, ack=ack)
+        stats.sent += 1
+
+    def _on_ack(self, number: int) -> Callable[[int, list[Any]], None]:
+        stats = self.stats
+        pending = self._pending
+
+        def on_ack(ack: int, args: list[Any]) -> None:
+            sent = pending.pop((number, ack), None)
+            if sent is None:
+                return
+            ok = args[0] if args else None
+            if isinstance(ok, dict) and "seq" in ok:
+                stats.acked += 1
+                stats.last_seq = max(stats.last_seq, int(ok["seq"]))
+                stats.ack_latency.add((time.monotonic_ns() - sent) // 1000)
+            else:
+                error = ok.get("error") if isinstance(ok, dict) else None
+                code = str(error.get("code")) if isinstance(error, dict) else "malformed"
+                stats.errors[code] = stats.errors.get(code, 0) + 1
+
+        return on_ack
 
     @property
     def unanswered(self) -> int:
-        return 0
+        return len(self._pending)
 
     @property
     def connections(self) -> int:
-        return 1
+        return len(self.clients)
 
     async def close(self) -> None:
-        await self.client.close()
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
 
-Publishers = RealtimePublishers | SocketIOPublisher
+Publishers = RealtimePublishers | SocketIOPublishers
 
 
 async def open_publishers(target: Target, users: list[str], room: str, payload: int) -> Publishers:
     if target.protocol == SOCKETIO:
-        return await SocketIOPublisher.open(target, room, payload)
+        return await SocketIOPublishers.open(target, users, room, payload)
     return await RealtimePublishers.open(target, users, room, payload)
 
 

@@ -1,25 +1,45 @@
 """A Socket.IO client over ``FastConnection``: Engine.IO v4 on the websocket transport.
 
-Opening: the server sends ``0{…}`` (open), the client ``40`` (connect to the
-default namespace), the server ``40{…}``. Engine.IO pings (``2``) are answered
-with ``3``. Events go to ``on_event``; ``join`` emits ``join`` and waits for the
-peer server's ``joined`` event naming the room.
+Opening: the server sends ``0{…}`` (open), the client ``40{"token":…}`` (connect
+to the default namespace with socket.io-client's ``auth``), the server ``40{…}``
+or ``44{…}`` (refused). Engine.IO pings (``2``) are answered with ``3``. Events
+go to ``on_event``; ``call`` emits an event with an ack id and waits for its ack,
+``emit(…, ack=n)`` leaves the ack to ``on_ack`` (the publisher's hot path).
+
+The events are the ones realtime's ``/socket.io/`` serves and the benchmark's
+peers mimic: ``join`` ``{room, token}`` acked with ``{room, seq, …}``, ``send``
+``{room, body}`` acked with ``{room, seq, ts}``, ``{"error": {code, message}}``
+as the ack of a refused one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 from .fastws import FastConnection
-from .sioproto import CONNECT, PONG, Kind, Packet, PacketError, event, parse
+from .sioproto import PONG, Kind, Packet, PacketError, connect_packet, event, parse
 from .target import Target
 from .wsclient import ConnectionClosed
 
 TIMEOUT = 30.0
 
+IGNORED = (b'42["offset",', b'42["presence",', b'42["typing",')
+"""Events no load client looks at, dropped unread: realtime's /socket.io/ follows a
+write with the connection's recovery ``offset``, and presence and typing as on ``/ws``."""
+
 OnEvent = Callable[[str, list[Any]], None]
+OnAck = Callable[[int, list[Any]], None]
+
+
+class SocketIOError(Exception):
+    """An ack carrying ``{"error": {code, message}}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
 
 
 class SocketIOClient:
@@ -28,8 +48,12 @@ class SocketIOClient:
         self.connection = connection
         self.opened: asyncio.Future[Any] = loop.create_future()
         self.connected: asyncio.Future[Any] = loop.create_future()
-        self._waiters: list[tuple[str, Any, asyncio.Future[None]]] = []
+        self._calls: dict[int, asyncio.Future[list[Any]]] = {}
+        self._ids = itertools.count(1)
         self.on_event: OnEvent = _ignore
+        self.on_ack: OnAck = _ignore_ack
+        """Acks nobody awaits (ids from ``next_ack``, sent with ``emit(…, ack=…)``)."""
+        connection.skip = IGNORED
         connection.on_payload = self._on_payload
         connection.closed.add_done_callback(self._on_closed)
 
@@ -41,34 +65,43 @@ class SocketIOClient:
         token: str | None,
         connection_class: type[FastConnection] = FastConnection,
     ) -> SocketIOClient:
-        """Open the WebSocket, then the Engine.IO session and the default namespace."""
-        connection = await target.open(index, connection_class, token)
+        """Open the WebSocket, then the Engine.IO session and the default namespace,
+        the token in the CONNECT's ``auth`` (as ``io(url, {auth: {token}})`` does)."""
+        connection = await target.open(index, connection_class, None)
         client = cls(connection)
         try:
             async with asyncio.timeout(target.connect_timeout):
                 await client.opened
-                connection.send_text(CONNECT)
+                connection.send_text(connect_packet({"token": token} if token else None))
                 await client.connected
         except BaseException:
             connection.abort()
             raise
         return client
 
-    def emit(self, name: str, *args: Any) -> None:
-        self.connection.send_text(event(name, *args))
+    def next_ack(self) -> int:
+        return next(self._ids)
 
-    async def join(self, room: str, limit: float = TIMEOUT) -> None:
-        """Emit ``join`` and wait for ``joined`` with the room's name."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = ("joined", room, future)
-        self._waiters.append(waiter)
+    def emit(self, name: str, *args: Any, ack: int | None = None) -> None:
+        self.connection.send_text(event(name, *args, ack=ack))
+
+    async def call(self, name: str, data: Any, limit: float = TIMEOUT) -> Any:
+        """Emit ``name`` with ``data`` and an ack id; the ack's first argument (its ok
+        reply), or ``SocketIOError`` for an ``{"error": …}`` one."""
+        ack = self.next_ack()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._calls[ack] = future
         try:
-            self.emit("join", room)
+            self.emit(name, data, ack=ack)
             async with asyncio.timeout(limit):
-                await future
+                args = await future
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            self._calls.pop(ack, None)
+        reply = args[0] if args else None
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            error = reply["error"]
+            raise SocketIOError(str(error.get("code")), str(error.get("message")))
+        return reply
 
     def _on_payload(self, opcode: int, payload: bytes) -> None:
         try:
@@ -79,6 +112,8 @@ class SocketIOClient:
         kind = packet.kind
         if kind is Kind.EVENT:
             self._on_event(packet)
+        elif kind is Kind.ACK:
+            self._on_ack(packet)
         elif kind is Kind.PING:
             self.connection.send_text(PONG)
         elif kind is Kind.OPEN:
@@ -93,18 +128,22 @@ class SocketIOClient:
 
     def _on_event(self, packet: Packet) -> None:
         name = packet.event
-        if name is None:
+        if name is not None:
+            self.on_event(name, packet.args)
+
+    def _on_ack(self, packet: Packet) -> None:
+        if packet.ack is None:
             return
-        args = packet.args
-        if self._waiters:
-            for waited, first, future in self._waiters:
-                if waited == name and args[:1] == [first] and not future.done():
-                    future.set_result(None)
-        self.on_event(name, args)
+        args = packet.data if isinstance(packet.data, list) else []
+        future = self._calls.pop(packet.ack, None)
+        if future is None:
+            self.on_ack(packet.ack, args)
+        elif not future.done():
+            future.set_result(args)
 
     def _on_closed(self, closed: asyncio.Future[int]) -> None:
         error = ConnectionClosed(closed.result(), self.connection.close_reason)
-        futures = [self.opened, self.connected, *(f for _, _, f in self._waiters)]
+        futures = [self.opened, self.connected, *self._calls.values()]
         for future in futures:
             if not future.done():
                 future.set_exception(error)
@@ -123,4 +162,8 @@ def _settle(future: asyncio.Future[Any], value: Any) -> None:
 
 
 def _ignore(name: str, args: list[Any]) -> None:
+    pass
+
+
+def _ignore_ack(ack: int, args: list[Any]) -> None:
     pass

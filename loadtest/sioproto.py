@@ -42,7 +42,7 @@ _SOCKET = {
 _MESSAGE = ord("4")
 
 CONNECT = b"40"
-"""Connect to the default namespace."""
+"""Connect to the default namespace (``connect_packet`` with auth)."""
 PONG = b"3"
 CLOSE = b"1"
 
@@ -113,6 +113,11 @@ def _json(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise PacketError(f"bad JSON in packet: {error}") from None
+
+
+def connect_packet(auth: dict[str, Any] | None = None) -> bytes:
+    """``40{auth}``: connect to the default namespace, with socket.io-client's ``auth``."""
+    return CONNECT + orjson.dumps(auth) if auth else CONNECT
 
 
 def event(name: str, *args: Any, ack: int | None = None) -> bytes:

@@ -17,6 +17,7 @@ import orjson
 
 from .dialing import Failures, open_all
 from .receiver import CountingConnection, Receiver, SendTimes
+from .sioclient import IGNORED as SOCKETIO_IGNORED
 from .sioclient import OnEvent, SocketIOClient
 from .stats import Histogram, SeqTotals
 from .target import SOCKETIO, Target
@@ -29,7 +30,16 @@ def realtime_prefix(room: str) -> bytes:
     return b'{"push":"message","room":' + orjson.dumps(room) + b',"seq":'
 
 
-SOCKETIO_PREFIX = b'42["message",{"seq":'
+def socketio_prefixes(room: str) -> tuple[bytes, ...]:
+    """How a Socket.IO ``message`` event for ``room`` may begin, up to its seq: the
+    push's fields after the event name (realtime's /socket.io/, the peers), the same
+    with the ``push`` field kept, or the seq first."""
+    name = orjson.dumps(room)
+    return (
+        b'42["message",{"room":' + name + b',"seq":',
+        b'42["message",{"push":"message","room":' + name + b',"seq":',
+        b'42["message",{"seq":',
+    )
 
 
 def realtime_recorder(connection: CountingConnection, room: str) -> OnMessage:
@@ -80,20 +90,25 @@ async def join_realtime(
 
 
 async def join_socketio(
-    target: Target, index: int, token: str | None, room: str, receiver: Receiver
+    target: Target, index: int, tokens: tuple[str, str] | None, room: str, receiver: Receiver
 ) -> CountingConnection:
-    """Subscriber ``index`` of a Socket.IO server, connected, in the room, counting."""
-    client = await SocketIOClient.open(target, index, token, CountingConnection)
+    """Subscriber ``index`` over Socket.IO: connected with its user token, joined with
+    its room token (an ack with the room's seq), counting."""
+    client = await SocketIOClient.open(
+        target, index, tokens[0] if tokens else None, CountingConnection
+    )
     connection = client.connection
     assert isinstance(connection, CountingConnection)
     client.on_event = socketio_recorder(connection)
+    join: dict[str, Any] = {"room": room}
+    if tokens:
+        join["token"] = tokens[1]
     try:
-        await client.join(room, limit=target.connect_timeout)
+        reply = await client.call("join", join, limit=target.connect_timeout)
     except BaseException:
         connection.abort()
         raise
-    # The publisher numbers its messages from 1: every subscriber starts at 0.
-    connection.start(receiver.latency, 0)
+    connection.start(receiver.latency, int(reply["seq"]))
     receiver.adopt(connection)
     return connection
 
@@ -118,7 +133,8 @@ class Subscribers(Worker[SubscriberArgs]):
         super().__init__(args)
         self.latency = Histogram()
         if args.target.protocol == SOCKETIO:
-            self.receiver = Receiver(self.latency, SendTimes(), SOCKETIO_PREFIX)
+            prefixes = socketio_prefixes(args.rooms[0])
+            self.receiver = Receiver(self.latency, SendTimes(), prefixes, SOCKETIO_IGNORED)
         else:
             prefix = realtime_prefix(args.rooms[0])
             self.receiver = Receiver(self.latency, SendTimes(), prefix, IGNORED)
@@ -146,8 +162,8 @@ class Subscribers(Worker[SubscriberArgs]):
 
             async def join() -> CountingConnection:
                 if target.protocol == SOCKETIO:
-                    token = self.tokens[position][0] if self.tokens else None
-                    connection = await join_socketio(target, index, token, room, receiver)
+                    tokens = self.tokens[position] if self.tokens else None
+                    connection = await join_socketio(target, index, tokens, room, receiver)
                 else:
                     tokens = self.tokens[position]
                     connection = await join_realtime(target, index, tokens, room, receiver)

@@ -6,6 +6,11 @@ messages exactly-once and ordered on top of it, by seq, filling gaps from the
 store; ``on_resync`` tells it when events may have been lost. Every instance
 receives its own publications too (so a single instance needs nothing else).
 
+Besides rooms, every instance has an address of its own (``address``, unique to
+this process's life): ``send_direct`` carries bytes to the one instance at an
+address, at most once, and says whether any instance listens there. The
+Socket.IO relay (``sio_relay.py``) is built on it.
+
 Implementations: ``broker_memory.MemoryBroker`` (one instance, the default) and
 ``broker_redis.RedisBroker`` (any number of instances).
 """
@@ -31,8 +36,16 @@ class BrokerHandler(Protocol):
     def on_resync(self) -> None:
         """Events may have been lost (say, a reconnect): re-read what matters."""
 
+    def on_direct(self, data: bytes) -> None:
+        """Bytes another instance (or this one) sent to this instance's address."""
+
 
 class Broker(Protocol):
+    address: str
+    """This instance's address for ``send_direct``: unique to this process's life."""
+    shared: bool
+    """True when other instances may listen (another address may be reached)."""
+
     async def start(self, handler: BrokerHandler) -> None: ...
 
     async def close(self) -> None: ...
@@ -57,3 +70,12 @@ class Broker(Protocol):
 
     async def ping(self) -> None:
         """Raise ``BrokerUnavailable`` unless the broker answers."""
+
+    async def send_direct(self, address: str, data: bytes) -> bool:
+        """Send ``data`` to the instance at ``address``, at most once, unordered.
+
+        False when no instance listens there (it is gone, or not yet or no longer
+        subscribed); True when one does, which may still lose it. Its own address
+        is served locally, without the broker. Raises ``BrokerUnavailable`` when
+        the broker cannot take it.
+        """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 from .broker import BrokerHandler
@@ -9,7 +10,10 @@ from .events import Event
 
 
 class MemoryBroker:
-    def __init__(self) -> None:
+    shared = False
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address or secrets.token_hex(4)
         self._handler: BrokerHandler | None = None
         self._rooms: set[str] = set()
 
@@ -39,3 +43,9 @@ class MemoryBroker:
 
     async def ping(self) -> None:
         return None
+
+    async def send_direct(self, address: str, data: bytes) -> bool:
+        if address != self.address or self._handler is None:
+            return False  # no other instance exists
+        self._handler.on_direct(data)
+        return True

@@ -24,6 +24,11 @@ waits for it to come back through its subscriber connection. One that is not
 back within ``canary_timeout`` makes ``ping`` fail with that reason and starts
 the resubscribe-and-resync above, as a broken connection would.
 
+Direct messages (``send_direct``) go to a channel of the address's own,
+``<prefix>:-direct:<address>``, subscribed with the rooms (and, like them,
+again after every reconnect). PUBLISH answers how many subscribers got a
+message: none means no instance listens at that address.
+
 On a Redis Cluster (``redis+cluster://host:port``) it uses sharded pub/sub:
 SPUBLISH, and one SSUBSCRIBE connection per master for the channels whose slots
 it owns, so fan-out grows with the number of shards instead of every node
@@ -108,6 +113,8 @@ class _Shard:
 
 
 class RedisBroker:
+    shared = True
+
     def __init__(
         self,
         client: Client,
@@ -123,8 +130,11 @@ class RedisBroker:
         self._client = client
         self._sharded = isinstance(client, RedisCluster)
         self._origin = origin
+        self.address = origin
         self._timeout = timeout
         self._prefix = prefix + ":"
+        self._direct_prefix = f"{self._prefix}-direct:"
+        self._direct_channel = self._direct_prefix + origin
         self._node_client = node_client
         self._handler: BrokerHandler | None = None
         self._wanted: set[str] = set()
@@ -232,17 +242,28 @@ class RedisBroker:
             raise BrokerUnavailable("redis subscriptions are not connected")
         await self._gate.call(self._client.ping)
 
+    async def send_direct(self, address: str, data: bytes) -> bool:
+        if address == self._origin:
+            if self._handler is None:
+                return False
+            self._handler.on_direct(data)
+            return True
+        channel = self._direct_prefix + address
+        return bool(await self._gate.call(partial(self._publish_one, channel, data)))
+
     # Publishing ----------------------------------------------------------------------
 
     def _deliver_locally(self, room: str, event: Event) -> None:
         if self._handler is not None:
             self._handler.on_event(room, event)
 
-    async def _publish_one(self, channel: str, data: bytes) -> None:
+    async def _publish_one(self, channel: str, data: bytes) -> int:
+        """Publish; returns how many subscribers Redis handed it to."""
         if self._sharded:
-            await self._client.spublish(channel, data)
+            receivers = await self._client.spublish(channel, data)
         else:
-            await self._client.publish(channel, data)
+            receivers = await self._client.publish(channel, data)
+        return int(receivers)
 
     async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
         if not self._sharded:
@@ -317,7 +338,7 @@ class RedisBroker:
                 subscribed -= extra
             # Also holds a connection to every server, so that an outage shows.
             self._canary_channels = self._find_canary_channels()
-            for channel in self._canary_channels:
+            for channel in [*self._canary_channels, self._direct_channel]:
                 shard = await self._shard_for(channel)
                 await shard.subscribe([channel])
             await self._barrier()
@@ -462,12 +483,17 @@ class RedisBroker:
         elif kind == "sunsubscribe":
             channel = message["channel"].decode()
             wanted = channel.removeprefix(self._prefix) in self._wanted
-            if (wanted or channel in self._canary_channels) and channel in shard.channels:
+            own = channel in self._canary_channels or channel == self._direct_channel
+            if (wanted or own) and channel in shard.channels:
                 # Redis dropped it: its slot moved to another shard.
                 raise _Resubscribe(f"{channel} moved")
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()
+        if name == self._direct_channel:
+            if self._handler is not None:
+                self._handler.on_direct(data)
+            return
         if name in self._canary_channels:
             canary = self._canary_waiters.pop((name, data), None)
             if canary is not None and not canary.done():

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from storage import create_store
 
+from .acceptor import Acceptor
 from .app import create_app, http_options
 from .app_keys import NODE
 from .auth import USER_ID, Authenticator
@@ -184,15 +185,11 @@ class _Entrance:
         return self.protocol()
 
 
-async def _bind(
-    host: str, port: int, factory: Callable[[], asyncio.Protocol]
-) -> asyncio.AbstractServer:
-    """The listening socket, bound but not yet accepting: taken first, so that a
+def _bind(host: str, port: int, factory: Callable[[], asyncio.Protocol]) -> Acceptor:
+    """The listening sockets, bound but not yet accepting: taken first, so that a
     port in use stops start-up before the store is opened or "ready" is logged."""
     try:
-        return await asyncio.get_running_loop().create_server(
-            factory, host, port, backlog=4096, reuse_address=True, start_serving=False
-        )
+        return Acceptor.bind(host, port, factory)
     except OSError as error:
         if isinstance(error, socket.gaierror) or not error.errno:
             reason = error.strerror or str(error)
@@ -208,7 +205,7 @@ async def serve_forever(settings: Settings) -> None:
     """
     app = create_app(settings)
     entrance = _Entrance()
-    listener = await _bind(settings.server.host, settings.server.port, entrance)
+    listener = _bind(settings.server.host, settings.server.port, entrance)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -219,7 +216,7 @@ async def serve_forever(settings: Settings) -> None:
     try:
         await runner.setup()
     except BaseException:
-        listener.close()
+        await listener.close()
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -235,7 +232,7 @@ async def serve_forever(settings: Settings) -> None:
             node.admission, settings.server.handshake_timeout, settings.server.close_timeout
         )
         entrance.protocol = lambda: FirstRequest(http, websocket, doorway)
-        await listener.start_serving()
+        listener.start()
         log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
         # What start-up made (modules, settings, the app) lives as long as the process:
         # moved out of the collector's sight, every full collection, a pause for every
@@ -245,6 +242,6 @@ async def serve_forever(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: draining connections")
     finally:
-        listener.close()  # accept nothing new; the drain closes what is open
+        await listener.close()  # accept nothing new; the drain closes what is open
         await runner.cleanup()
     log.info("stopped")

@@ -68,6 +68,16 @@ class Clients:
         self._metrics.connects.inc()
         self.schedule_expiry(conn)
 
+    async def adopt(self, conn: Connection, identity: Identity) -> None:
+        """Register a connection that moved here from another instance (a Socket.IO
+        upgrade, ``sio_move.py``). It was admitted there and its entry there goes
+        only once it is here, so the limit is not applied again."""
+        conn.authenticated_as(identity)
+        self._hub.add_user(conn)
+        if self._presence.shared:
+            await self._presence.add(user_room(identity.user), identity.user, conn.id)
+        self.schedule_expiry(conn)
+
     def refreshed(self, conn: Connection, identity: Identity) -> None:
         """A ``refresh`` gave the connection a new token."""
         conn.authenticated_as(identity)

@@ -14,7 +14,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
+
+if TYPE_CHECKING:
+    from .ingest.rules import IngestRule
 
 ENV_PREFIX = "REALTIME_"
 
@@ -50,10 +53,17 @@ class ServerSettings:
     keepalive_timeout: float = 75.0
     max_unauthenticated: int = 2048
     # Pacing reconnects (pacing.py): the advice in paced closes, and new WebSockets
-    # per second past which handshakes get 503 with Retry-After (0: no limit).
+    # per second past which handshakes get 503 with Retry-After (0: no limit), and
+    # the WebSockets still opening past which they do too.
     reconnect_rate: float = 200.0
     reconnect_delay: float = 0.5
     max_handshake_rate: float = 0.0
+    # Socket.IO polling on several instances (sio_relay.py): the wait for the owning
+    # instance beyond a long poll's own, and relayed requests waiting or served at once.
+    relay_timeout: float = 10.0
+    max_relayed: int = 1000
+    max_opening: int = 256
+    max_lag: float = 2.0
     instance_id: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operations: log lines as text or JSON (with each connection's user and
@@ -85,6 +95,10 @@ class ServerSettings:
         _at_least("server.reconnect_rate", self.reconnect_rate, 0.1)
         _at_least("server.reconnect_delay", self.reconnect_delay, 0)
         _at_least("server.max_handshake_rate", self.max_handshake_rate, 0)
+        _at_least("server.relay_timeout", self.relay_timeout, 0.1)
+        _at_least("server.max_relayed", self.max_relayed, 1)
+        _at_least("server.max_opening", self.max_opening, 0)
+        _at_least("server.max_lag", self.max_lag, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +463,8 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    # [[ingest]] rules: notifications from other services' events (realtime/ingest/).
+    ingest: tuple[IngestRule, ...] = ()
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     def check(self, *, auth: bool = True) -> None:
@@ -472,6 +488,27 @@ class Settings:
         self.email.check()
         self.webhook.check()
         self.notifications.check()
+        self._check_ingest()
+
+    def _check_ingest(self) -> None:
+        for index, rule in enumerate(self.ingest):
+            url = rule.redis_url or self.broker.url
+            if not url:
+                raise ConfigError(
+                    f"ingest[{index}].redis_url is required when broker.url is empty "
+                    "(the events come from Redis)"
+                )
+            if not re.match(r"^rediss?://", url):
+                raise ConfigError(
+                    f"ingest[{index}]: reading events from a Redis Cluster is not supported; "
+                    "set redis_url to a redis:// url"
+                )
+            if self.notifications.type_settings(rule.type) is None:
+                # Else every event of the rule would be refused, one by one, at run time.
+                raise ConfigError(
+                    f"ingest[{index}].type: {rule.type!r} is not a notification type; "
+                    f"declare [notifications.types.{rule.type}] or set notifications.free_types"
+                )
         self.outbox.check()
 
 
@@ -512,7 +549,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     sections = {name: dict(raw.get(name, {})) for name in _SECTIONS}
     for key in raw:
-        if key not in _SECTIONS and key != "namespaces":
+        if key not in _SECTIONS and key not in ("namespaces", "ingest"):
             raise ConfigError(f"unknown section [{key}] (known: {', '.join(_known_sections())})")
     _apply_environment(sections, env)
     values: dict[str, Any] = {
@@ -522,13 +559,19 @@ def load_settings(
     }
     values["notifications"] = _notifications(sections["notifications"])
     values["namespaces"] = _namespaces(raw.get("namespaces"))
+    from .ingest.rules import RuleError, parse_rules  # imports auth, which imports this
+
+    try:
+        values["ingest"] = parse_rules(raw.get("ingest"))
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
     settings = Settings(**values)
     settings.check(auth=auth)
     return settings
 
 
 def _known_sections() -> list[str]:
-    return [*_SECTIONS, "namespaces"]
+    return [*_SECTIONS, "namespaces", "ingest"]
 
 
 def _namespaces(raw: object) -> dict[str, NamespaceSettings]:

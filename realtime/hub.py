@@ -36,6 +36,9 @@ FetchMessages = Callable[[str, int, int], Awaitable[list[Message]]]
 
 FILL_BATCH = 500
 FILL_RETRY_MAX = 5.0
+FILL_CONCURRENCY = 4
+"""Store reads for gap fills at once: a resync of 5,000 rooms must not take every
+pooled store connection from the joins (whose reads would time out behind it)."""
 
 
 class Hub:
@@ -58,6 +61,7 @@ class Hub:
         self._fill_timers: dict[str, asyncio.TimerHandle] = {}
         self._fill_delays: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fill_slots = asyncio.Semaphore(FILL_CONCURRENCY)
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -231,10 +235,14 @@ class Hub:
         if room is None or room.seq is None:
             self._fill_timers.pop(name, None)
             return
-        before = room.first_ahead()
-        self._metrics.gap_fills.inc()
         try:
-            messages = await self._fetch(name, room.seq, FILL_BATCH)
+            async with self._fill_slots:
+                if self.rooms.get(name) is not room or room.seq is None:
+                    self._fill_timers.pop(name, None)
+                    return  # dropped while it waited for a slot
+                before = room.first_ahead()
+                self._metrics.gap_fills.inc()
+                messages = await self._fetch(name, room.seq, FILL_BATCH)
         except StorageError as error:
             delay = min(self._fill_delays.get(name, self._settings.gap_timeout) * 2, FILL_RETRY_MAX)
             self._fill_delays[name] = delay

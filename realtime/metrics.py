@@ -51,7 +51,18 @@ class Metrics:
         self.connects = Counter("realtime_connects", "Connections authenticated.", registry=r)
         self.handshakes_refused = Counter(
             "realtime_handshakes_refused",
-            "WebSocket handshakes answered 503 past server.max_handshake_rate.",
+            "WebSocket handshakes answered 503 past server.max_handshake_rate or "
+            "server.max_opening.",
+            registry=r,
+        )
+        self.opening = Gauge(
+            "realtime_opening",
+            "WebSockets still opening: upgraded, not yet authenticated and answered.",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "realtime_event_loop_lag_seconds",
+            "How late the event loop ran a timer, last time it looked (every 0.25 s).",
             registry=r,
         )
         self.disconnects = Counter(
@@ -134,6 +145,20 @@ class Metrics:
         )
         self.storage_errors = Counter(
             "realtime_storage_errors", "Store calls that failed (unavailable).", registry=r
+        )
+        self.sio_relayed = Counter(
+            "realtime_sio_relayed",
+            "Socket.IO requests for a session another instance holds, relayed to it, by op "
+            "and result (ok, gone, unavailable, timeout, overloaded).",
+            ["op", "result"],
+            registry=r,
+        )
+        self.sio_relay_served = Counter(
+            "realtime_sio_relay_served",
+            "Socket.IO requests relayed here by other instances for sessions this one "
+            "holds, by op.",
+            ["op"],
+            registry=r,
         )
 
         # Labelled children, looked up once: labels() costs more than the count.

@@ -12,11 +12,15 @@ its own, and callers use the service for the job:
 - ``membership``: REST membership, the follow graph, disconnects (``membership.py``)
 - ``notices``: notifications (``notices.py``)
 - ``push``: Web Push subscriptions (``push_subscriptions.py``)
+- ``ingest``: notifications from other services' events, with ``[[ingest]]``
+  rules (``ingest/``)
+- ``relay``: Socket.IO polling requests for sessions other instances hold
+  (``sio_relay.py``), over the broker's direct messages
 - ``outbox``: the delivery worker and dead letters (``outbox.py``)
 
 Errors reach callers as ``CommandError`` with a protocol error code; the
 WebSocket and REST layers only translate them. Events from the broker come in
-through ``on_event`` and ``on_resync`` (the broker's handler).
+through ``on_event``, ``on_resync`` and ``on_direct`` (the broker's handler).
 """
 
 from __future__ import annotations
@@ -45,22 +49,25 @@ from .config import Settings
 from .convert import to_message
 from .events import Event, MembershipChange, UserDisconnect
 from .hub import Hub
+from .ingest.service import Ingest
 from .joins import Joins
+from .lag import LoopLag
 from .membership import Membership
 from .messages import Messages
 from .metrics import Metrics
 from .notices import Notices
 from .outbox import Outbox
-from .pacing import HandshakeLimiter, ReconnectPacer
+from .pacing import HandshakeLimiter, OpeningLimit, ReconnectPacer
 from .policy import Policy
 from .presence import Presence
 from .publisher import Publisher
 from .push_subscriptions import PushSubscriptions
+from .sio_relay import Relay
 from .sio_sessions import EngineSessions
 from .store_calls import StoreCalls
 from .tasks import TaskSet
 from .typing_state import Typing
-from .upkeep import check_tails, forget_dedupe_keys, forget_deliveries, retain
+from .upkeep import catch_up_tails, check_tails, forget_dedupe_keys, forget_deliveries, retain
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,8 @@ class Node:
         server = settings.server
         self.reconnects = ReconnectPacer(server.reconnect_rate, server.reconnect_delay)
         self.handshakes = HandshakeLimiter(server.max_handshake_rate)
+        self.openings = OpeningLimit(server.max_opening)
+        self.lag = LoopLag(on_sample=self.metrics.loop_lag.set)
         self.auth = Authenticator(settings.auth)
         self.policy = Policy(settings.namespaces, store, self.auth)
         self.hub = Hub(broker, self._fetch_missed, settings.delivery, self.metrics)
@@ -105,14 +114,23 @@ class Node:
         )
         self.notices = Notices(store, stored, publisher, self.metrics, settings)
         self.push = PushSubscriptions(settings.webpush, store, stored)
+        self.ingest = (
+            Ingest(
+                settings, self.notices, consumer=self.instance_id, registry=self.metrics.registry
+            )
+            if settings.ingest
+            else None
+        )
         self.outbox = Outbox(
             settings, store, stored, presence, self.hub, self.notices, self.metrics
         )
         self.notices.queued = self.outbox.wake
         self._publisher = publisher
         self._loops = TaskSet()
-        # Engine.IO sessions by id (sio.py keeps its own objects here).
-        self.engine_sessions: EngineSessions[Any] = EngineSessions(self.instance_id)
+        # Engine.IO sessions by id (sio.py keeps its own objects here); an id names
+        # the broker address of its instance, where the others relay its requests.
+        self.engine_sessions: EngineSessions[Any] = EngineSessions(broker.address)
+        self.relay = Relay(broker, settings, self.metrics, self.tasks, self.engine_sessions.get)
 
     # Lifecycle ---------------------------------------------------------------------
 
@@ -127,6 +145,7 @@ class Node:
         except BaseException:
             await self.outbox.close()
             raise
+        self._loops.spawn(self.lag.run(), "loop-lag")
         self._loops.spawn(self.clients.heartbeat(), "heartbeat")
         self._loops.spawn(self.typing.expire(), "typing-expiry")
         self._loops.spawn(retain(self.store, settings), "retention")
@@ -135,6 +154,9 @@ class Node:
         )
         interval = settings.delivery.tail_check_interval
         self._loops.spawn(check_tails(self.store, self.hub, interval), "tail-check")
+        if self.ingest is not None:
+            self.ingest.start()
+        self._loops.spawn(self.relay.watch(), "relay-watch")
         if settings.outbox.enabled:
             self._loops.spawn(self.outbox.run(), "outbox")
         if settings.outbox.keep_finished:
@@ -161,6 +183,8 @@ class Node:
         await outbox
 
     async def close(self) -> None:
+        if self.ingest is not None:
+            await self.ingest.close()
         await self._loops.close()
         await self.outbox.close()
         await self.tasks.close()
@@ -207,9 +231,21 @@ class Node:
                 assert_never(event)
 
     def on_resync(self) -> None:
-        self.hub.resync()
+        self.tasks.spawn(self._catch_up(), "resync")
         # Removals whose events were lost are in the store: apply them here.
         self.tasks.spawn(self._audit(), "membership-audit")
+
+    def on_direct(self, data: bytes) -> None:
+        self.relay.on_direct(data)
+
+    async def _catch_up(self) -> None:
+        """Events may have been lost: read what rooms missed, asking the store first
+        which rooms did (a query per thousand rooms, not a read per room)."""
+        try:
+            await catch_up_tails(self.store, self.hub)
+        except StorageError as error:
+            log.warning("catching up after a resync failed (%s): reading every room", error)
+            self.hub.resync()  # each room's read retries until the store is back
 
     async def _audit(self) -> None:
         try:

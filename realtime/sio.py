@@ -16,6 +16,11 @@ Transports (the Engine.IO rules):
   ``3probe``, the waiting GET gets a noop, and ``5`` moves the connection (and
   whatever it had queued) to the WebSocket (``Connection.rebind``).
 
+Polling requests that reached another instance come here through the relay
+(``sio_relay.py``: ``poll``, ``post``, ``probed``); an upgrade that reached
+another instance takes the session there (``take``, then ``taken``; see
+``sio_move.py``).
+
 Closing with a native close code: the client first gets the event ``closing``
 with ``{code, reason}``; then, unless the close invites a reconnect (1001, 1011,
 1012), the DISCONNECT packet, after which socket.io-client does not reconnect by
@@ -70,6 +75,8 @@ from .frames import data_frame, encode_frame, text_frame
 from .logs import bind, bound
 from .node import Node
 from .session import Session, bearer
+from .sio_polling import PollingSink
+from .sio_state import MovedSession, pack_moved
 from .websocket import WebSocket
 
 log = logging.getLogger(__name__)
@@ -79,69 +86,7 @@ RECONNECTING: Final = frozenset(
 )
 """Closes after which the client should come back by itself: no DISCONNECT packet."""
 MAX_PID: Final = 64
-MAX_PACKETS_PER_POLL: Final = 16
-"""Packets in one polling response: python-engineio's client refuses more."""
 Commands = list[tuple[float, Command | Rejected]]
-
-
-class PollingSink:
-    """A polling session's send buffer: packets, each followed by the separator."""
-
-    __slots__ = ("_buffer", "_ready", "closed", "getting", "posting")
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._ready = asyncio.Event()
-        self.closed = False
-        self.getting = False
-        self.posting = False
-
-    def write(self, data: bytes) -> None:
-        self._buffer += data
-        self._ready.set()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_write_buffer_size(self) -> int:
-        return len(self._buffer)
-
-    def abort(self) -> None:
-        self.closed = True
-        self._ready.set()
-
-    def finish(self, data: bytes) -> None:
-        """The last packets, written even past the limits; nothing follows them."""
-        self.closed = True
-        self.write(data)
-
-    def drain(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        self._ready.clear()
-        return data
-
-    async def take(self, wait: float) -> bytes:
-        """Up to ``MAX_PACKETS_PER_POLL`` buffered packets, as a payload; waits up to
-        ``wait`` seconds when nothing is buffered."""
-        buffer = self._buffer
-        if not buffer and not self.closed:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(wait):
-                    await self._ready.wait()
-            except TimeoutError:
-                pass
-        end = -1
-        for _ in range(MAX_PACKETS_PER_POLL):
-            end = buffer.find(SEPARATOR, end + 1)
-            if end < 0:
-                return self.drain()[: -len(SEPARATOR)]  # every packet ends with one
-        data = bytes(buffer[:end])
-        del buffer[: end + 1]
-        if not buffer:
-            self._ready.clear()
-        return data
 
 
 class EngineSocket:
@@ -178,11 +123,21 @@ class EngineSocket:
         self._client_closed = False
         self._close_code: int = CloseCode.NORMAL
         self._positions: dict[str, int] = {}
+        # A replay of missed messages is under way: the offset goes at its end even
+        # when the positions it names were known before.
+        self._offset_due = False
         self._history: dict[str, bool] = {}
         self._end_timer: asyncio.TimerHandle | None = None
         self._ended = False
         self._closed = False
+        self._moved = False
+        self._relayed_poll: PollingSink | None = None
+        self._last_poll: tuple[str | None, bytes] = (None, b"")
         node.hub.add_connection(self.conn)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.conn.authenticated
 
     def open_frame(self) -> bytes:
         """Engine.IO's open packet, in this socket's framing."""
@@ -310,6 +265,7 @@ class EngineSocket:
             if not recovered:
                 pid = secrets.token_urlsafe(12)
             self.connected = True
+            self._offset_due = True
             conn.reply_frame(self._frame("4" + connected(result.session, pid)))
             for room in joined:
                 if self._keeps_history(room.room):
@@ -335,9 +291,18 @@ class EngineSocket:
         one), else what it last had. Sent as the event ``offset`` whose argument
         socket.io-client keeps and hands back in its next CONNECT.
         """
-        conn = self.conn
-        if not self.connected or conn.holding:
+        if not self.connected or self.conn.holding:
             return None
+        positions = self._standing()
+        if positions == self._positions and not (self._offset_due and positions):
+            return None
+        self._offset_due = False
+        self._positions = positions
+        return self._frame("42" + orjson.dumps(["offset", encode_offset(positions)]).decode())
+
+    def _standing(self) -> dict[str, int]:
+        """Where the connection stands in each room with history it is in."""
+        conn = self.conn
         rooms = self._node.hub.rooms
         old = self._positions
         positions: dict[str, int] = {}
@@ -353,10 +318,13 @@ class EngineSocket:
                 positions[name] = room.seq
             elif name in old:
                 positions[name] = old[name]
-        if positions == old:
-            return None
+        return positions
+
+    def resume(self, connected: bool, positions: dict[str, int]) -> None:
+        """A moved session rebuilt here (``sio_move.py``) goes on where it stood."""
+        self.connected = connected
         self._positions = positions
-        return self._frame("42" + orjson.dumps(["offset", encode_offset(positions)]).decode())
+        self._offset_due = True
 
     # Output and closing -----------------------------------------------------------------
 
@@ -387,11 +355,23 @@ class EngineSocket:
             self.ws.transport.write(b"".join(text_frame(text.encode()) for text in final))
             self.ws.close(code, reason)
 
-    async def poll(self) -> tuple[int, bytes]:
-        """A polling GET: (status, body)."""
+    async def poll(self, key: str | None = None, *, relayed: bool = False) -> tuple[int, bytes]:
+        """A polling GET: (status, body).
+
+        ``key``: the request's ``t`` (clients make one per request). A GET with the
+        key of the last one answered is that request again, sent a second time by
+        the load balancer after the instance that relayed it died: it gets the same
+        answer, or the packets in it would be lost while the session goes on.
+
+        ``relayed``: its answer still has to cross the broker, and counts as the GET
+        under way until ``relayed_poll_done``: a GET that comes meanwhile overlaps,
+        which ends the session (the client reconnects and recovers).
+        """
         sink = self.polling
         if sink is None:
             return 400, error_body(RequestError.BAD_REQUEST)
+        if key is not None and key == self._last_poll[0] and not sink.getting:
+            return 200, self._last_poll[1]
         if sink.getting:
             self.conn.close(CloseCode.BAD_FRAME, "overlapping polling GET requests")
             return 400, error_body(RequestError.BAD_REQUEST)
@@ -399,11 +379,27 @@ class EngineSocket:
         sink.getting = True
         try:
             data = await sink.take(self._node.settings.server.ping_interval)
-        finally:
+        except BaseException:
+            sink.getting = False
+            raise
+        if relayed:
+            self._relayed_poll = sink
+        else:
             sink.getting = False
         if self.polling is sink and sink.closed and not sink.get_write_buffer_size():
             self._end()  # the close packet is on its way
-        return 200, data or b"6"
+        answer = data or b"6"
+        self._last_poll = (key, answer)
+        return 200, answer
+
+    def relayed_poll_done(self, delivered: bool) -> None:
+        """The answer of a relayed GET reached the broker, or (``delivered`` False)
+        surely did not reach the client."""
+        sink, self._relayed_poll = self._relayed_poll, None
+        if sink is not None:
+            sink.getting = False
+        if not delivered:
+            self.reply_lost()
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
         """A polling POST: (status, body)."""
@@ -453,16 +449,65 @@ class EngineSocket:
             return False
         conn.flush()
         queued = sink.drain()
-        conn.rebind(ws.transport, SIO_WEBSOCKET, self._closing, _polled_to_frames)
+        conn.rebind(ws.transport, SIO_WEBSOCKET, self._closing, polled_to_frames)
         self._node.hub.recode(conn, SIO_POLLING)
         if queued:
-            ws.transport.write(_polled_to_frames(queued))
+            ws.transport.write(polled_to_frames(queued))
         self.polling = None
         sink.abort()  # a GET still waiting ends with a noop
         self.ws = ws
         self._node.admission.closed(probe)  # the probe's place; the session has its own
         ws.hand_over(conn, self)
         return True
+
+    def take(self) -> bytes | None:
+        """Hand this polling session to the instance that holds its WebSocket.
+
+        Returns its state (``sio_state.MovedSession``), packed, with what was
+        queued for it; from then on nothing is written here and no closing
+        packet goes out. It stays in its rooms and presence until ``taken`` (or
+        ``server.relay_timeout``), so that the move shows nobody a leave and a join.
+        None: it cannot move now (closing, or a POST under way).
+        """
+        sink = self.polling
+        conn = self.conn
+        if sink is None or sink.closed or conn.closing or sink.posting:
+            return None
+        conn.flush()  # what this iteration queued goes with the rest, offset included
+        standing = self._standing()
+        identity = conn.identity
+        state = MovedSession(
+            user=identity.user if identity is not None else None,
+            expires_at=identity.expires_at if identity is not None else 0.0,
+            connected=self.connected,
+            rooms=tuple((room, standing.get(room)) for room in conn.rooms),
+            granted=tuple(room for room in conn.rooms if conn.is_granted(room)),
+            queued=sink.drain(),
+        )
+        self._moved = True
+        self.polling = None
+        sink.abort()  # a GET still waiting ends with a noop
+        conn.end()
+        timeout = self._node.settings.server.relay_timeout
+        self._end_timer = asyncio.get_running_loop().call_later(timeout, self.taken)
+        return pack_moved(state)
+
+    def taken(self) -> None:
+        """The session lives on another instance now (or never will): forget it here."""
+        if not self._moved or self._ended:
+            return
+        self._ended = True
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+        self._node.tasks.spawn(self.close(), f"moved {self.conn.id}")
+
+    def reply_lost(self) -> None:
+        """A relayed answer did not reach the broker: the client, which got an error
+        instead, reconnects with a new session; this one must not go on with a hole."""
+        if self._moved:
+            self.taken()
+        else:
+            self.conn.close(CloseCode.GOING_AWAY, "a relayed answer was lost")
 
     # End --------------------------------------------------------------------------------
 
@@ -505,7 +550,7 @@ def _recovery(auth: dict[object, object]) -> tuple[str | None, dict[str, int]]:
         return None, {}
 
 
-def _polled_to_frames(data: bytes) -> bytes:
+def polled_to_frames(data: bytes) -> bytes:
     """Polling packets (each followed by the separator) as WebSocket text frames."""
     return b"".join(text_frame(part) for part in data.split(SEPARATOR) if part)
 
@@ -575,6 +620,9 @@ def open_websocket(
 
 
 def upgradable(node: Node, sid: str) -> bool:
-    """Whether a WebSocket may take over session ``sid`` (a polling one of ours)."""
+    """Whether a WebSocket may take over session ``sid``: a polling one of ours, or
+    one that another instance may hold (the probe asks it, ``sio_move.py``)."""
     engine = node.engine_sessions.get(sid)
-    return engine is not None and engine.polling is not None and not engine.conn.closing
+    if engine is None:
+        return node.relay.reaches(sid)
+    return engine.polling is not None and not engine.conn.closing

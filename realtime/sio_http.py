@@ -5,10 +5,10 @@
 WebSocket upgrade that reached aiohttp (a kept-alive connection) goes to
 ``ws.py``. Errors are Engine.IO's: 400 with ``{"code", "message"}``.
 
-A ``sid`` this instance does not hold, its own or another instance's, is
-answered "Session ID unknown" (code 1): serving another instance's session
-through the broker is the next step; until then polling clients need a load
-balancer that keeps them on one instance (or the websocket transport).
+A ``sid`` that names another instance is relayed there (``sio_relay.py``): any
+instance serves any session's requests. One that names this instance but is not
+here (any more), or an instance nobody listens for, is "Session ID unknown"
+(code 1).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from .app_keys import NODE
 from .listener import FirstRequest
 from .node import Node
 from .sio import EngineSocket, open_polling
+from .sio_relay import Op, Reply
+from .sio_sessions import owner_of
 from .ws import aiohttp_websocket
 
 CONTENT_TYPE = "text/plain; charset=UTF-8"
@@ -53,17 +55,39 @@ async def socketio_endpoint(request: web.Request) -> web.StreamResponse:
         opened = open_polling(node, request.headers.get("Authorization"))
         await opened.session.open(None)
         return _answer(200, await _take_open(opened), origin)
+    if request.method not in ("GET", "POST"):
+        return _error(RequestError.BAD_REQUEST, origin)
     engine: EngineSocket | None = node.engine_sessions.get(asked.sid)
     if engine is None:
-        return _error(RequestError.UNKNOWN_SID, origin)
+        return await _relayed(request, node, asked.sid, origin)
     if engine.conn.authenticated:
         _leave_admission(request)
     if request.method == "GET":
-        status, body = await engine.poll()
-    elif request.method == "POST":
-        status, body = await engine.post(await request.read())
+        status, body = await engine.poll(request.query.get("t"))
     else:
-        return _error(RequestError.BAD_REQUEST, origin)
+        status, body = await engine.post(await request.read())
+    return _respond(status, body, origin)
+
+
+async def _relayed(
+    request: web.Request, node: Node, sid: str, origin: str | None
+) -> web.StreamResponse:
+    """A request for a session this instance does not hold: its owner answers it."""
+    owner = owner_of(sid)
+    if owner is None or not node.relay.reaches(sid):
+        return _error(RequestError.UNKNOWN_SID, origin)
+    reply: Reply
+    if request.method == "GET":
+        key = request.query.get("t", "").encode()
+        reply = await node.relay.request(owner, Op.GET, sid, key)
+    else:
+        reply = await node.relay.request(owner, Op.POST, sid, await request.read())
+    if reply.authenticated:
+        _leave_admission(request)
+    return _respond(reply.status, reply.body, origin)
+
+
+def _respond(status: int, body: bytes, origin: str | None) -> web.StreamResponse:
     if status != 200:
         response = web.Response(status=status, body=body, content_type="application/json")
         _cors(response, origin)

@@ -1,11 +1,11 @@
 """The Engine.IO sessions of this instance, by id, and which instance owns an id.
 
 An Engine.IO session id names its owner: ``<random>.<owner>``, the owner being
-the instance id in URL-safe base64. A polling request carries the id, so any
-instance can tell whose session it is without a lookup. Requests for a session
-another instance owns are answered "Session ID unknown" for now; reaching the
-owner (through the broker) is the step that lets polling run without sticky
-sessions.
+the broker address of the instance that opened it (``Broker.address``, unique to
+that process's life) in URL-safe base64. A polling request carries the id, so
+any instance can tell whose session it is without a lookup, and relay the
+request there (``sio_relay.py``). An id of an earlier life of an instance names
+an address nobody listens at any more: its requests are "Session ID unknown".
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Generic, TypeVar
 Session = TypeVar("Session")
 
 
-def _owner_tag(instance_id: str) -> str:
-    return base64.urlsafe_b64encode(instance_id.encode()).decode().rstrip("=")
+def _owner_tag(address: str) -> str:
+    return base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
 
 
 def owner_of(sid: str) -> str | None:
-    """The instance id a session id names, or None when it names none."""
+    """The broker address a session id names, or None when it names none."""
     _, dot, tag = sid.rpartition(".")
     if not dot or not tag:
         return None
@@ -34,9 +34,9 @@ def owner_of(sid: str) -> str | None:
 
 
 class EngineSessions(Generic[Session]):
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-        self._tag = _owner_tag(instance_id)
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._tag = _owner_tag(address)
         self._sessions: dict[str, Session] = {}
 
     def new_id(self) -> str:
@@ -53,7 +53,7 @@ class EngineSessions(Generic[Session]):
             del self._sessions[sid]
 
     def owned_here(self, sid: str) -> bool:
-        return owner_of(sid) == self.instance_id
+        return owner_of(sid) == self.address
 
     def __len__(self) -> int:
         return len(self._sessions)

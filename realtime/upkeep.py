@@ -21,14 +21,18 @@ async def check_tails(store: Store, hub: Hub, interval: float) -> None:
     """Catch up rooms whose latest stored message never came through the broker."""
     while True:
         await asyncio.sleep(interval)
-        rooms = hub.sequenced_rooms()
-        for start in range(0, len(rooms), TAIL_CHECK_BATCH):
-            try:
-                latest = await store.latest_seqs(rooms[start : start + TAIL_CHECK_BATCH])
-            except StorageError as error:
-                log.warning("tail check failed, retrying later: %s", error)
-                break
-            hub.catch_up(latest)
+        try:
+            await catch_up_tails(store, hub)
+        except StorageError as error:
+            log.warning("tail check failed, retrying later: %s", error)
+
+
+async def catch_up_tails(store: Store, hub: Hub) -> None:
+    """One pass: the latest seq of every room, a query per ``TAIL_CHECK_BATCH`` rooms,
+    and a read of what is missing only where the store is ahead of the room."""
+    rooms = hub.sequenced_rooms()
+    for start in range(0, len(rooms), TAIL_CHECK_BATCH):
+        hub.catch_up(await store.latest_seqs(rooms[start : start + TAIL_CHECK_BATCH]))
 
 
 async def retain(store: Store, settings: Settings) -> None:

@@ -75,6 +75,7 @@ class WebSocket:
         "_frames",
         "_inbox",
         "_node",
+        "_opening",
         "_paused",
         "_peer",
         "_text_as_str",
@@ -104,6 +105,7 @@ class WebSocket:
         self.close_code: int | None = None
         self.finished = asyncio.get_running_loop().create_future()
         self._worker: asyncio.Task[None] | None = None
+        self._opening = False
 
     def new_connection(self, codec: Codec) -> Connection:
         """A connection that writes to this socket and closes it."""
@@ -123,6 +125,10 @@ class WebSocket:
         self.conn = conn
         self._peer = peer
         if opening is not None:
+            # Counted in server.max_opening until its start is done (``_opened``).
+            self._opening = True
+            self._node.openings.begin()
+            self._node.metrics.opening.set(self._node.openings.opening)
             self._worker = asyncio.create_task(self._work(opening))
 
     def hand_over(self, conn: Connection, peer: Peer) -> None:
@@ -199,6 +205,17 @@ class WebSocket:
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._worker = None
+            if self.conn.authenticated:
+                # Authenticated, and what the client sent meanwhile is answered.
+                self._opened()
+
+    def _opened(self) -> None:
+        """The start is over (done, or the connection is gone): free its place."""
+        if self._opening:
+            self._opening = False
+            openings = self._node.openings
+            openings.end()
+            self._node.metrics.opening.set(openings.opening)
 
     # Output ------------------------------------------------------------------------
 
@@ -248,6 +265,7 @@ class WebSocket:
         if self._close_timer is not None:
             self._close_timer.cancel()
         self.conn.end()
+        self._opened()
         self._node.tasks.spawn(self._finish(), f"close {self.conn.id}")
 
     async def _finish(self) -> None:

@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from protocol import CODECS, JSON, SUBPROTOCOLS, engineio
 
-from . import sio
+from . import sio, sio_move
 from .admission import Ticket
 from .app_keys import NODE
 from .listener import http_error, refuse
@@ -44,8 +44,32 @@ Opener = Callable[[asyncio.Transport], WebSocket]
 SOCKET_IO_PATH = "/socket.io/"
 
 
+def turned_away(node: Node) -> Response | None:
+    """The 503 for a new WebSocket when this instance takes none now: draining, its
+    event loop behind (``server.max_lag``), too many still opening
+    (``server.max_opening``), past ``server.max_handshake_rate``.
+
+    Asked before the upgrade's headers are parsed: in a reconnect storm most
+    attempts are refused, and a refusal must cost next to nothing.
+    """
+    if node.draining:
+        return _refusal(503, "unavailable", "server restarting: connect to another instance")
+    max_lag = node.settings.server.max_lag
+    overloaded = max_lag > 0 and node.lag.behind() > max_lag
+    # The opening cap first: a refusal for it takes no token from the rate limit.
+    retry_after = node.openings.admit(overloaded=overloaded)
+    if retry_after is None:
+        retry_after = node.handshakes.admit()
+    if retry_after is None:
+        return None
+    node.metrics.handshakes_refused.inc()
+    message = f"too many new connections: retry after {retry_after}s"
+    return _refusal(503, "unavailable", message, retry_after)
+
+
 def handshake(node: Node, request: Request) -> tuple[Response, Opener | None]:
-    """The response to an upgrade request, and what opens the socket (if accepted)."""
+    """The response to an upgrade request (past ``turned_away``), and what opens the
+    socket (if accepted)."""
     settings = node.settings.server
     path, _, query = request.path.partition("?")
     if path not in ("/ws", SOCKET_IO_PATH):
@@ -54,8 +78,6 @@ def handshake(node: Node, request: Request) -> tuple[Response, Opener | None]:
     allowed = settings.allowed_origins
     if origin is not None and allowed and "*" not in allowed and origin not in allowed:
         return _refusal(403, "forbidden", f"origin {origin} is not allowed"), None
-    if node.draining:
-        return _refusal(503, "unavailable", "server restarting: connect to another instance"), None
     authorization = request.headers.get("Authorization")
     opener: Opener
     if path == SOCKET_IO_PATH:
@@ -69,17 +91,18 @@ def handshake(node: Node, request: Request) -> tuple[Response, Opener | None]:
         if sid is not None and not sio.upgradable(node, sid):
             return _engine_refusal(engineio.RequestError.UNKNOWN_SID), None
         negotiator = ServerProtocol()
-        opener = partial(sio.open_websocket, node, sid=sid, authorization=authorization)
+        if sid is not None and node.engine_sessions.get(sid) is None:
+            # Another instance's session: it moves here if the probe succeeds.
+            opener = partial(
+                sio_move.open_remote_upgrade, node, sid=sid, authorization=authorization
+            )
+        else:
+            opener = partial(sio.open_websocket, node, sid=sid, authorization=authorization)
     else:
         negotiator = ServerProtocol(subprotocols=_SUBPROTOCOLS, select_subprotocol=_first_offered)
     response = negotiator.accept(request)
     if response.status_code != 101:
         return response, None
-    retry_after = node.handshakes.admit()
-    if retry_after is not None:
-        node.metrics.handshakes_refused.inc()
-        message = f"too many new connections: retry after {retry_after}s"
-        return _refusal(503, "unavailable", message, retry_after), None
     if path == "/ws":
         opener = partial(
             native, node, subprotocol=negotiator.subprotocol, authorization=authorization
@@ -182,6 +205,10 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        refused = turned_away(self._node)
+        if refused is not None:
+            self._close_with(serialize(refused))  # what else comes is discarded
+            return
         self._handshake = ServerProtocol(max_size=self._node.settings.server.max_frame_bytes)
         self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
 
@@ -311,7 +338,8 @@ async def aiohttp_websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:
         return web.Response(status=400)
     upgrade = Request(request.path_qs, Headers(request.headers.items()))
-    response, opener = handshake(node, upgrade)
+    refused = turned_away(node)
+    response, opener = (refused, None) if refused is not None else handshake(node, upgrade)
     if opener is None:
         retry_after = response.headers.get("Retry-After")
         return web.Response(

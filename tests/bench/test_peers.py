@@ -1,26 +1,34 @@
 """The benchmark's peer servers still start and speak what the load generator expects.
 
-Each test starts a real peer process (not pinned) and does one join → send →
-receive round trip with a plain ``websockets`` client. python-socketio is not in
-requirements-dev.txt: its tests skip without it; the bare server always runs.
+Each test starts a real peer process (not pinned) and does a join → send →
+receive round trip with a plain ``websockets`` client: the Socket.IO peers (Node
+Socket.IO and python-socketio) with a token in the CONNECT's ``auth``, three
+clients in one room, acks for ``join`` and ``send``. The Node peer's tests skip
+when Node.js (>= 20) is missing; its packages come from npm the first time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from bench.contenders import Running, start_peer
+from bench.contenders import NODE_PEER, SOCKETIO_PATH, Running, start_node_peer, start_peer
+from bench.node import NodeUnavailable, node_binary, node_with_packages
+from tests.server import SECRET
 from tests.services import RedisServer
 
 SOCKETIO = "bench.peers.socketio_server"
 RT1_JSON = Subprotocol("rt1.json")
+ROOM = "followers:bench-owner"
+TIMEOUT = 30.0
 
 
 @pytest.fixture
@@ -69,35 +77,112 @@ async def test_bare_server_join_send_receive(bare: Running) -> None:
         assert error["error"]["code"] == "bad_request"
 
 
-async def socketio_round_trip(url: str) -> None:
-    """Engine.IO v4 over the websocket transport, as ``loadtest --protocol socketio``."""
-    async with connect(url + "?EIO=4&transport=websocket") as ws:
-        opened = await ws.recv(decode=True)
-        assert opened.startswith("0") and "pingInterval" in opened
-        await ws.send("40")  # connect to the default namespace
-        assert (await ws.recv(decode=True)).startswith("40")
-        await ws.send('42["join","room-1"]')
-        assert json.loads((await ws.recv(decode=True))[2:]) == ["joined", "room-1"]
-        data = {"room": "room-1", "seq": 7, "body": {"t": 1}}
-        await ws.send("42" + json.dumps(["send", data]))
-        assert json.loads((await ws.recv(decode=True))[2:]) == [
-            "message",
-            {"seq": 7, "body": {"t": 1}},
-        ]
+def user_token(user: str) -> str:
+    return jwt.encode({"sub": user}, SECRET, algorithm="HS256")
 
 
-async def test_socketio_server_memory_manager(tmp_path: Path) -> None:
-    running = start_peer(tmp_path, SOCKETIO, ws_path="/socket.io/", cpu=None)
+async def receive(ws: ClientConnection) -> str:
+    """The next Socket.IO packet, Engine.IO pings answered on the way."""
+    async with asyncio.timeout(TIMEOUT):
+        while (packet := await ws.recv(decode=True)) == "2":
+            await ws.send("3")
+    return packet
+
+
+async def socketio_client(url: str, token: str) -> tuple[ClientConnection, str]:
+    """Engine.IO v4 over the websocket transport, the token in CONNECT's ``auth``;
+    the open socket and the server's answer to the CONNECT."""
+    ws = await connect(url + "?EIO=4&transport=websocket")
+    opened = await receive(ws)
+    assert opened.startswith("0") and "pingInterval" in opened
+    await ws.send("40" + json.dumps({"token": token}))
+    return ws, await receive(ws)
+
+
+def packet_json(packet: str, head: str) -> Any:
+    assert packet.startswith(head), packet
+    return json.loads(packet[len(head) :])
+
+
+async def socketio_fan_out(url: str) -> None:
+    """Three clients join one room; one sends; all three get the message, the sender its ack."""
+    clients = []
     try:
-        await socketio_round_trip(running.ws_url)
+        for number in range(3):
+            ws, answer = await socketio_client(url, user_token(f"u{number}"))
+            clients.append(ws)
+            assert answer.startswith("40{")  # connected, with its sid
+            await ws.send("421" + json.dumps(["join", {"room": ROOM, "token": "unchecked"}]))
+            assert packet_json(await receive(ws), "431") == [{"room": ROOM, "seq": 0}]
+        body = {"t": 1763900000123456789, "p": "x" * 50}
+        await clients[0].send("422" + json.dumps(["send", {"room": ROOM, "body": body}]))
+        for number, ws in enumerate(clients):
+            packets = [await receive(ws) for _ in range(2 if number == 0 else 1)]
+            event = next(packet_json(p, "42") for p in packets if p.startswith('42["'))
+            name, message = event
+            assert name == "message"
+            assert (message["room"], message["seq"], message["user"]) == (ROOM, 1, "u0")
+            assert message["body"]["p"] == body["p"] and isinstance(message["ts"], int)
+            # Node parses JSON numbers as doubles: the send time keeps its 19 digits.
+            assert len(str(message["body"]["t"])) == 19
+            if number == 0:
+                ack = next(packet_json(p, "432") for p in packets if p.startswith("432"))
+                assert ack == [{"room": ROOM, "seq": 1, "ts": message["ts"]}]
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+async def socketio_refuses_a_bad_token(url: str) -> None:
+    forged = jwt.encode({"sub": "u"}, "not-the-secret-" * 4, algorithm="HS256")
+    ws, answer = await socketio_client(url, forged)
+    try:
+        assert packet_json(answer, "44")["message"] == "unauthorized"
+    finally:
+        await ws.close()
+
+
+@pytest.fixture
+def python_socketio(tmp_path: Path) -> Iterator[Running]:
+    running = start_peer(tmp_path, SOCKETIO, "--secret", SECRET, ws_path=SOCKETIO_PATH, cpu=None)
+    yield running
+    running.stop()
+
+
+async def test_python_socketio_fans_out_to_three(python_socketio: Running) -> None:
+    await socketio_fan_out(python_socketio.ws_url)
+    await socketio_refuses_a_bad_token(python_socketio.ws_url)
+
+
+async def test_python_socketio_redis_manager(tmp_path: Path, redis_server: RedisServer) -> None:
+    args = ("--secret", SECRET, "--redis", redis_server.url)
+    running = start_peer(tmp_path, SOCKETIO, *args, ws_path=SOCKETIO_PATH, cpu=None)
+    try:
+        await socketio_fan_out(running.ws_url)
     finally:
         running.stop()
 
 
-async def test_socketio_server_redis_manager(tmp_path: Path, redis_server: RedisServer) -> None:
-    args = ("--redis", redis_server.url)
-    running = start_peer(tmp_path, SOCKETIO, *args, ws_path="/socket.io/", cpu=None)
+@pytest.fixture(scope="session")
+def node_peer_installed() -> None:
+    """Node.js >= 20 (else the test skips) and the Node peer's packages (npm ci)."""
     try:
-        await socketio_round_trip(running.ws_url)
-    finally:
-        running.stop()
+        node_binary()
+    except NodeUnavailable as error:
+        pytest.skip(str(error))
+    try:
+        node_with_packages(NODE_PEER)
+    except NodeUnavailable as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture
+def node_socketio(tmp_path: Path, node_peer_installed: None) -> Iterator[Running]:
+    running = start_node_peer(tmp_path, cpu=None)
+    yield running
+    running.stop()
+
+
+async def test_node_socketio_fans_out_to_three(node_socketio: Running) -> None:
+    await socketio_fan_out(node_socketio.ws_url)
+    await socketio_refuses_a_bad_token(node_socketio.ws_url)

@@ -1,6 +1,8 @@
 """Server-paced reconnect over real sockets: the advice in paced closes (1012 at
 SIGTERM, 1001 after the ping timeout), and 503 with Retry-After past
-``server.max_handshake_rate``."""
+``server.max_handshake_rate`` and while the event loop is behind (``server.max_lag``;
+the cap on connections opening is tested behind a frozen store, in
+test_frozen_postgres.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import signal
 import socket
 from typing import Any
 
@@ -19,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from protocol.advice import ReconnectAdvice, parse_advice, reason_text
 from tests.client import Client, close_all
 from tests.e2e.helpers_auth import encode, raw_open, raw_reply
+from tests.e2e.support import eventually
 from tests.server import ServerProcess, unique
 
 PACED = {"REALTIME_SERVER_RECONNECT_RATE": "10", "REALTIME_SERVER_RECONNECT_DELAY": "0.2"}
@@ -180,3 +184,50 @@ async def test_a_reader_too_slow_is_closed_4009_with_advice(make_server: Any) ->
     assert reason_text(received.reason) == "send buffer full: reading too slowly"
     advice = parse_advice(received.reason)
     assert advice is not None and advice.after_ms == 200, received.reason
+
+
+def _upgrade(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def test_an_instance_whose_loop_fell_behind_turns_new_websockets_away(
+    make_server: Any,
+) -> None:
+    server: ServerProcess = make_server(env={"REALTIME_SERVER_MAX_LAG": "1"})
+    assert server.process is not None
+    pid = server.process.pid
+    # Stopped, the instance runs behind by as long as it is stopped: an upgrade sent
+    # meanwhile is read when it comes back, at least 2 s behind.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(_upgrade(server.port))
+        await writer.drain()
+        await asyncio.sleep(3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.read()
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 503"), head
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line)
+    assert int(headers["Retry-After"]) >= 1
+    assert orjson.loads(body)["error"]["code"] == "unavailable"
+
+    # Caught up, it takes new WebSockets again.
+    async def admitted() -> bool:
+        try:
+            async with connect(server.ws_url, open_timeout=30):
+                return True
+        except InvalidStatus as error:
+            assert error.response.status_code == 503
+            return False
+
+    await eventually(admitted, timeout=30, interval=0.2)

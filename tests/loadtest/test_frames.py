@@ -25,7 +25,9 @@ from loadtest.wsframes import (
     parse_close,
 )
 
-from .support import Subscribers, opened, server_frame, transport_of
+from .support import RecordingTransport, Subscribers, opened, server_frame, transport_of
+
+PROTOCOL = b"sec-websocket-protocol:"
 
 Feed = Callable[[list[bytes]], tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]]
 """Chunks in → (messages, control frames seen)."""
@@ -160,6 +162,21 @@ async def test_frames_that_arrive_with_the_handshake_response() -> None:
     connection.on_payload = lambda opcode, payload: messages.append(payload)
     connection.data_received(b"\x04late")
     assert messages == [b"early", b"late"]  # kept until someone listens
+
+
+@pytest.mark.parametrize(("subprotocols", "header"), [((), None), (("rt1.json",), b"rt1.json")])
+async def test_the_request_offers_a_subprotocol_only_when_there_is_one(
+    subprotocols: tuple[str, ...], header: bytes | None
+) -> None:
+    connection = FastConnection("ws://127.0.0.1:1/socket.io/", {}, subprotocols)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    lines = bytes(transport.written).split(b"\r\n")
+    offered = [
+        line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(PROTOCOL)
+    ]
+    # An empty header (what [] gave) is refused with a 400 by Node's ws.
+    assert offered == ([header] if header else [])
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,12 @@ import orjson
 import pytest
 
 from loadtest.receiver import CountingConnection, Receiver, SendTimes
+from loadtest.sioclient import IGNORED as SOCKETIO_IGNORED
 from loadtest.stats import Histogram, SeqCheck
 from loadtest.subscribers import (
-    SOCKETIO_PREFIX,
     realtime_prefix,
     realtime_recorder,
+    socketio_prefixes,
 )
 from loadtest.wsclient import RealtimeClient
 from loadtest.wsframes import PONG, TEXT
@@ -46,8 +47,10 @@ def subscribers() -> Iterator[Make]:
     """``subscribers(latency, prefix)``: a receiver and its subscribers, closed after."""
     made: list[Subscribers] = []
 
-    def make(latency: Histogram, prefix: bytes = b"") -> Subscribers:
-        receiver = Receiver(latency, SendTimes(), prefix or realtime_prefix(ROOM))
+    def make(
+        latency: Histogram, prefix: bytes | tuple[bytes, ...] = b"", skip: tuple[bytes, ...] = ()
+    ) -> Subscribers:
+        receiver = Receiver(latency, SendTimes(), prefix or realtime_prefix(ROOM), skip)
         made.append(Subscribers(receiver))
         return made[-1]
 
@@ -167,17 +170,35 @@ async def test_messages_before_start_count_after_the_joins_seq() -> None:
 
 async def test_socketio_messages_and_pings(subscribers: Make) -> None:
     latency = Histogram()
-    group = subscribers(latency, SOCKETIO_PREFIX)
+    group = subscribers(latency, socketio_prefixes(ROOM), SOCKETIO_IGNORED)
     connection = group.add(client="socketio")
+    room = orjson.dumps(ROOM)
 
-    def event(seq: int, micros: int) -> bytes:
+    def event(seq: int, micros: int, push: bytes = b"") -> bytes:
         body = b'{"t":%d,"p":"x"}' % (NOW - micros * 1000)
-        return server_frame(TEXT, b'42["message",{"seq":%d,"body":%s}]' % (seq, body))
+        data = b'%s"room":%s,"seq":%d,"user":"u","body":%s,"ts":1' % (push, room, seq, body)
+        return server_frame(TEXT, b'42["message",{%s}]' % data)
 
-    spaced = server_frame(TEXT, b'42["message", {"body": {"t": %d}, "seq": 3}]' % (NOW - 3_000_000))
-    group.send(0, event(1, 10) + server_frame(TEXT, b"2") + event(2, 20) + spaced)
-    assert connection.check == SeqCheck(last=3)
-    assert latency == expected([10, 20, 3000])
+    # The push's fields (with or without "push"), the seq first, or spaced out: all counted.
+    pushed = event(3, 30, b'"push":"message",')
+    old = server_frame(TEXT, b'42["message",{"seq":4,"body":{"t":%d}}]' % (NOW - 40_000))
+    spaced = server_frame(TEXT, b'42["message", {"body": {"t": %d}, "seq": 5}]' % (NOW - 5_000_000))
+    # realtime's /socket.io/ follows a write with the connection's recovery offset:
+    # dropped unread, never handed to the generic path.
+    offset = server_frame(TEXT, b'42["offset","%s=2"]' % ROOM.encode())
+    generic: list[bytes] = []
+    frame = connection.frame
+
+    def spy(first: int, payload: bytes) -> bool:
+        generic.append(payload)
+        return frame(first, payload)
+
+    connection.frame = spy  # type: ignore[method-assign]
+    group.send(0, event(1, 10) + server_frame(TEXT, b"2") + event(2, 20) + offset)
+    group.send(0, pushed + old + spaced + offset)
+    assert not [payload for payload in generic if b"offset" in payload]
+    assert connection.check == SeqCheck(last=5)
+    assert latency == expected([10, 20, 30, 40, 5000])
     assert transport_of(connection).take() == [(TEXT, b"3")]
     assert PONG not in [op for op, _ in transport_of(connection).take()]
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.contenders import start_peer
 from loadtest.chat import ChatOptions, run_chat
 from loadtest.connect import ConnectOptions, run_connect
 from loadtest.context import Context
@@ -26,7 +25,6 @@ from loadtest.progress import Progress
 from loadtest.target import SOCKETIO, Target, loopback_sources, normalize_url
 from loadtest.tokens import TokenSource
 from tests.server import ROOT, SECRET, SERVICE_KEY, ServerProcess
-from tests.services import free_port
 
 QUIET = {"REALTIME_SERVER_LOG_LEVEL": "warning"}
 
@@ -160,34 +158,20 @@ async def test_connect_through_a_restart(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def socketio_server() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.loadtest.sio_server", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            time.sleep(0.05)
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def socketio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The benchmark's python-socketio peer: it speaks the events of realtime's /socket.io/."""
+    workdir = tmp_path_factory.mktemp("socketio")
+    args = ("--secret", SECRET)
+    running = start_peer(workdir, "bench.peers.socketio_server", *args, ws_path="/", cpu=None)
+    yield running.ws_url
+    running.stop()
 
 
 async def test_socketio_fanout_and_idle(socketio_server: str) -> None:
     sio = context_for(socketio_server, None, protocol=SOCKETIO)
     report = await run_fanout(sio, FanoutOptions(subscribers=20, rate=20, duration=1, drain=5))
     assert report["protocol"] == "socketio"
+    assert report["acknowledged"] == report["published"] == 20
     assert report["deliveries"] == report["expected_deliveries"] == 20 * 20
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
     idle = await run_idle(sio, IdleOptions(connections=20, settle=0.2))

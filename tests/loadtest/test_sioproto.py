@@ -5,7 +5,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from loadtest.sioproto import CONNECT, PONG, Kind, Packet, PacketError, event, parse
+from loadtest.sioproto import (
+    CONNECT,
+    PONG,
+    Kind,
+    Packet,
+    PacketError,
+    connect_packet,
+    event,
+    parse,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +65,8 @@ def test_bad_packets(raw: bytes) -> None:
 
 def test_encode() -> None:
     assert CONNECT == b"40" and PONG == b"3"
+    assert connect_packet() == connect_packet({}) == b"40"
+    assert connect_packet({"token": "a.b.c"}) == b'40{"token":"a.b.c"}'
     assert event("join", "swap:1") == b'42["join","swap:1"]'
     body = orjson.Fragment(b'{"t":1,"p":"x"}')
     sent = event("send", {"room": "r", "seq": 2, "body": body})

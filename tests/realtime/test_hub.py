@@ -17,7 +17,7 @@ from realtime.broker import BrokerUnavailable
 from realtime.broker_memory import MemoryBroker
 from realtime.config import DeliverySettings
 from realtime.connection import Connection
-from realtime.hub import FILL_BATCH, Hub
+from realtime.hub import FILL_BATCH, FILL_CONCURRENCY, Hub
 from realtime.metrics import Metrics
 from storage import StorageUnavailable
 
@@ -441,3 +441,33 @@ async def test_connections_and_users(hub: Hub) -> None:
     async with asyncio.timeout(WITHIN):
         await waiting
     assert hub.users == {} and hub.connections == set()
+
+
+async def test_a_resync_of_many_rooms_reads_a_few_at_a_time(hub: Hub, store: FakeStore) -> None:
+    a = connection(hub)
+    rooms = [f"swap:{i}" for i in range(3 * FILL_CONCURRENCY)]
+    for room in rooms:
+        await joined(hub, a, room)
+        store.put(room, 1)
+    gate = asyncio.Event()
+    reading = most = 0
+    fetch = store.fetch
+
+    async def held_fetch(room: str, after: int, limit: int) -> list[Message]:
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        try:
+            await gate.wait()
+            return await fetch(room, after, limit)
+        finally:
+            reading -= 1
+
+    hub._fetch = held_fetch
+    hub.resync()
+    await eventually(lambda: reading == FILL_CONCURRENCY, "the first reads under way")
+    await asyncio.sleep(GAP_TIMEOUT * 5)  # the others wait for a slot meanwhile
+    assert reading == FILL_CONCURRENCY
+    gate.set()
+    await eventually(lambda: len(seqs(a)) == len(rooms), "every room's missed message")
+    assert most == FILL_CONCURRENCY

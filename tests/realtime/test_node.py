@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from protocol import CommandError, ErrorCode
 from protocol.commands import RoomRequest
 from realtime.config import StorageSettings
 from realtime.node import Node
+from storage import NewMessage
 from tests.realtime.support import FakeConnection, Gated, connected, running_node, settings
 
 ROOM = "swap:chat"
@@ -141,3 +143,41 @@ async def test_a_closed_connection_leaves_its_rooms_and_presence(tmp_path: Path)
         assert set(node.hub.rooms) == {ROOM, "user:bob"}
         with pytest.raises(CommandError):  # a rejoin after the close is refused
             await node.joins.join(alice, RoomRequest(ROOM))
+
+
+class _CountedReads:
+    """A store whose ``messages_after`` calls are counted per room."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reads: list[str] = []
+
+    async def messages_after(self, room: str, after: int, limit: int) -> Any:
+        self.reads.append(room)
+        return await self._inner.messages_after(room, after, limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_resync_reads_only_the_rooms_the_store_says_are_behind(tmp_path: Path) -> None:
+    counted: list[_CountedReads] = []
+
+    def wrap(store: Any) -> _CountedReads:
+        counted.append(_CountedReads(store))
+        return counted[0]
+
+    async with running_node(tmp_path, wrap_store=wrap) as node:
+        users = [f"u{i}" for i in range(5)]
+        conns = [await connected(node, user) for user in users]
+        # Stored while the broker was away: the room's push never came.
+        await node.store.append(NewMessage("user:u3", None, '"missed"'))
+        node.on_resync()
+        async with asyncio.timeout(30):
+            while len(node.tasks):
+                await asyncio.sleep(0.01)
+            while not conns[3].pushes("message"):
+                await asyncio.sleep(0.01)
+        assert [p["body"] for p in conns[3].pushes("message")] == ["missed"]
+        # One latest-seq query for the five rooms, one read for the one behind.
+        assert counted[0].reads == ["user:u3"]

@@ -63,6 +63,9 @@ class Recorder:
     def on_resync(self) -> None:
         raise AssertionError("the memory broker never resyncs")
 
+    def on_direct(self, data: bytes) -> None:
+        raise AssertionError("nothing sends these tests direct messages")
+
     def pushed_to(self) -> list[str]:
         return sorted(room for room, event in self.events if isinstance(event, NotificationPush))
 

@@ -1,10 +1,11 @@
-"""The reconnect pacer and the handshake limiter, fed with a clock of the test's own."""
+"""The reconnect pacer, the handshake limiter and the opening limit, fed with a clock of
+the test's own."""
 
 from __future__ import annotations
 
 from protocol import CloseCode
 from protocol.advice import ReconnectAdvice, parse_advice
-from realtime.pacing import MAX_RETRY_AFTER, HandshakeLimiter, ReconnectPacer
+from realtime.pacing import MAX_RETRY_AFTER, HandshakeLimiter, OpeningLimit, ReconnectPacer
 
 
 def test_leaving_clients_widen_the_window_and_drain_at_the_rate() -> None:
@@ -50,3 +51,60 @@ def test_retry_after_is_bounded() -> None:
     limiter = HandshakeLimiter(1)
     waits = [limiter.admit(now=0) for _ in range(1000)]
     assert max(w for w in waits if w is not None) == MAX_RETRY_AFTER
+
+
+def _start(limit: OpeningLimit, count: int) -> None:
+    for _ in range(count):
+        assert limit.admit(now=0) is None
+        limit.begin()
+
+
+def test_no_opening_limit_admits_everything() -> None:
+    limit = OpeningLimit(0)
+    _start(limit, 10_000)
+    assert limit.opening == 10_000
+
+
+def test_past_the_opening_limit_a_handshake_waits_for_a_place() -> None:
+    limit = OpeningLimit(3)
+    _start(limit, 3)
+    assert limit.admit(now=0) is not None
+    assert limit.refused == 1
+    limit.end(now=1)  # one start is over: its place is free
+    assert limit.admit(now=1) is None
+    limit.begin()
+    assert limit.admit(now=1) is not None
+
+
+def test_refused_openings_are_told_to_come_back_at_the_pace_openings_end() -> None:
+    limit = OpeningLimit(10)
+    _start(limit, 10)
+    # Nothing ended yet: the queue is planned at the least rate, one a second.
+    assert [limit.admit(now=0) for _ in range(3)] == [1, 2, 3]
+    # Then openings end at 20 a second for 10 s (the queue above drains meanwhile).
+    for i in range(200):
+        limit.end(now=10 + i / 20)
+        limit.begin()
+    waits = [limit.admit(now=20) or 0 for _ in range(60)]
+    assert waits[0] == 1
+    assert 2 <= max(waits) <= 4  # 60 at ~20 a second
+    assert waits == sorted(waits)  # later and later, not all the same second
+    # When openings stop ending the rate decays, and the wait grows again.
+    assert limit.admit(now=40) == 1
+    assert [limit.admit(now=40) for _ in range(5)][-1] == 6
+
+
+def test_the_opening_retry_after_is_bounded() -> None:
+    limit = OpeningLimit(1)
+    _start(limit, 1)
+    waits = [limit.admit(now=0) for _ in range(1000)]
+    assert max(w for w in waits if w is not None) == MAX_RETRY_AFTER
+
+
+def test_an_overloaded_instance_refuses_below_the_opening_limit() -> None:
+    limit = OpeningLimit(100)
+    assert limit.admit(now=0, overloaded=True) == 1
+    assert limit.admit(now=0, overloaded=True) == 2
+    assert limit.admit(now=0) is None
+    unlimited = OpeningLimit(0)
+    assert unlimited.admit(now=0, overloaded=True) == 1

@@ -24,6 +24,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Event]] = []
+        self.direct: list[bytes] = []
         self.resyncs = 0
         self.arrived = asyncio.Event()
 
@@ -33,6 +34,17 @@ class Recorder:
 
     def on_resync(self) -> None:
         self.resyncs += 1
+
+    def on_direct(self, data: bytes) -> None:
+        self.direct.append(data)
+        self.arrived.set()
+
+    async def wait_for_direct(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        async with asyncio.timeout(timeout):
+            while len(self.direct) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.direct
 
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[str, Event]]:
         async with asyncio.timeout(timeout):
@@ -183,6 +195,45 @@ async def test_ping(pair: list[tuple[Broker, Recorder]]) -> None:
         await broker.ping()
 
 
+# Direct messages: to the one instance at an address ------------------------------------
+
+
+async def test_a_direct_message_reaches_the_instance_at_its_address(
+    pair: list[tuple[Broker, Recorder]],
+) -> None:
+    (a, sent), (b, received) = pair
+    if a is not b:
+        assert a.address != b.address and a.shared and b.shared
+    assert await a.send_direct(b.address, b"to b") is True
+    assert await received.wait_for_direct(1) == [b"to b"]
+    assert received.events == []
+    if a is not b:
+        assert sent.direct == []
+
+
+async def test_an_instance_gets_its_own_direct_message_once(
+    pair: list[tuple[Broker, Recorder]],
+) -> None:
+    (a, received), _ = pair
+    assert await a.send_direct(a.address, b"me") is True
+    assert received.direct == [b"me"]  # at once: no round trip through the broker
+    await asyncio.sleep(0.2)  # an echo through Redis would arrive by now
+    assert received.direct == [b"me"]
+
+
+async def test_nobody_listens_at_an_unknown_address(pair: list[tuple[Broker, Recorder]]) -> None:
+    (a, received), _ = pair
+    assert await a.send_direct("nobody-listens-here", b"lost") is False
+    await asyncio.sleep(0.1)
+    assert received.direct == []
+
+
+def test_the_memory_broker_reaches_no_other_instance() -> None:
+    broker = MemoryBroker()
+    assert broker.shared is False and broker.address
+    assert MemoryBroker().address != broker.address
+
+
 def test_events_pack_and_unpack() -> None:
     event = MembershipChange("u", "swap:1", False, "member_removed")
     assert unpack_event(pack_event("me", event)) == ("me", event)
@@ -225,3 +276,38 @@ async def test_an_outage_fails_publish_then_heals_with_a_resync(own_redis: Redis
     finally:
         await a.close()
         await b.close()
+
+
+async def test_direct_messages_fail_in_an_outage_heal_after_it_and_stop_with_the_instance(
+    own_redis: RedisServer,
+) -> None:
+    settings = _settings(own_redis.url)
+    a, _ = create_redis_seams(settings, "da")
+    b, _ = create_redis_seams(settings, "db")
+    received = Recorder()
+    await a.start(Recorder())
+    await b.start(received)
+    try:
+        await connected(a)
+        await connected(b)
+        own_redis.stop()
+        with pytest.raises(BrokerUnavailable):
+            await a.send_direct(b.address, b"in the outage")
+        own_redis.start()
+        # b subscribes its address again when it reconnects
+        async with asyncio.timeout(15):
+            while not await _sent(a, b.address, b"after"):
+                await asyncio.sleep(0.05)
+        assert (await received.wait_for_direct(1))[-1] == b"after"
+        await b.close()
+        assert await a.send_direct(b.address, b"to a closed instance") is False
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _sent(broker: Broker, address: str, data: bytes) -> bool:
+    try:
+        return await broker.send_direct(address, data)
+    except BrokerUnavailable:
+        return False
