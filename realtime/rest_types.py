@@ -290,7 +290,7 @@ class VapidPublicKey(TypedDict):
 # The outbox ------------------------------------------------------------------------------
 
 DeliveryState = Literal["pending", "done", "skipped", "dead"]
-DeliveryId = Annotated[int, Range(1, MAX_ID), Doc("A delivery job's id.")]
+DeliveryId = Annotated[int, Range(1, MAX_ID), Doc("A delivery job's id."), Example(1)]
 
 
 class DeliveryInfo(TypedDict):

@@ -10,16 +10,20 @@ that a run is repeatable, one worker. The server's log must show no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from realtime.outbound.vapid import generate_key_file
 from tests.e2e.helpers_auth import running, server_process
+from tests.outbound.push_service import Browser
 from tests.server import SERVICE_KEY, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -43,9 +47,41 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "REALTIME_WEBPUSH_VAPID_PRIVATE_KEY_FILE": str(key_file),
         "REALTIME_WEBPUSH_VAPID_SUBJECT": "mailto:ops@example.com",
     }
-    process = server_process(tmp_path_factory, "fuzz", config_text=FREE_TYPES, env=webpush)
+    # A webhook nobody answers, and one try: delivery jobs are dead letters at once,
+    # so that requeueing one (the documented example, job 1) answers 200 too.
+    outbox = {
+        "REALTIME_WEBHOOK_URL": "http://127.0.0.1:9/hook",
+        "REALTIME_WEBHOOK_SECRET": "fuzz-webhook-secret-" + "f" * 16,
+        "REALTIME_OUTBOX_MAX_ATTEMPTS": "1",
+        "REALTIME_OUTBOX_POLL_INTERVAL": "0.1",
+    }
+    process = server_process(
+        tmp_path_factory, "fuzz", config_text=FREE_TYPES, env={**webpush, **outbox}
+    )
     with running(process):
+        dead_letter(process)
         yield process
+
+
+def dead_letter(server: ServerProcess) -> None:
+    """Job 1, dead: a notification whose Web Push (to a push service nobody runs) and
+    webhook both fail."""
+    nowhere = Browser(
+        "x", "https://127.0.0.1:9/push/x", ec.generate_private_key(ec.SECP256R1()), b"a" * 16
+    )
+    path = "/api/v1/users/alice/push-subscriptions"
+    status, _ = asyncio.run(server.rest("PUT", path, nowhere.subscription()))
+    assert status == 204
+    body = {"to": ["alice"], "type": "post_liked"}
+    status, _ = asyncio.run(server.rest("POST", "/api/v1/notifications", body))
+    assert status == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, reply = asyncio.run(server.rest("GET", "/api/v1/deliveries?state=dead"))
+        if status == 200 and [job["id"] for job in reply["deliveries"]][:1] == [1]:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no dead letter within 60 s")
 
 
 def schemathesis(server: ServerProcess, workdir: Path) -> subprocess.CompletedProcess[str]:
